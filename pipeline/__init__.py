@@ -1,0 +1,1 @@
+"""Distributed batch inference for BERT-family encoders on Ray Data."""

@@ -1,0 +1,25 @@
+"""Column names shared by the stages. Internal columns start with "_" and never reach the output."""
+
+ID = "id"
+TEXT = "text"
+TEXT_PAIR = "text_pair"
+QUESTION = "question"
+CONTEXT = "context"
+
+SHARD = "_shard"  # index of the input shard in the sorted shard list
+ROW = "_row"  # row index inside its shard (stable ids, error locations)
+ERROR = "_error"  # null for good rows; a reason a person understands otherwise
+
+# Written by the tokenize stage: one entry per window of the document.
+INPUT_IDS = "_input_ids"  # list<list<int32>>, special tokens included, never padded
+TOKEN_TYPE_IDS = "_token_type_ids"  # list<list<int32>>; empty list when the model takes none
+N_TOKENS = "_n_tokens"  # int64: real tokens the model reads for this document (all windows)
+TRUNCATED = "_truncated"  # bool: the document lost tokens beyond the first window
+
+# Written by the model stage: per window, one flat float32 list per head output (see Head.forward).
+OUT_PREFIX = "_out_"
+PADDED_SLOTS = "_padded_slots"  # int64: pad positions computed for this document's windows
+
+
+def out(name: str) -> str:
+    return OUT_PREFIX + name
