@@ -83,3 +83,91 @@ class Head:
         """Parameter-name prefixes that belong to the head rather than the encoder. A checkpoint missing
         any of them would run with random weights. Default: every missing key counts."""
         return ("",)
+
+
+_POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mpnet")
+
+
+def model_max_length(spec, tokenizer, config) -> int:
+    """Tokens per window: the spec's max_length, capped by what the model's position table holds."""
+    limit = spec.model.max_length
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        # RoBERTa-style models number positions from pad_token_id + 1.
+        if any(t in getattr(config, "model_type", "") for t in _POSITION_OFFSET_MODELS):
+            positions -= (getattr(config, "pad_token_id", 1) or 0) + 1
+        limit = min(limit, positions)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if tok_limit and tok_limit < 1_000_000:
+        limit = min(limit, tok_limit)
+    return limit
+
+
+class WindowedTextHead(Head):
+    """A head over one text column, cut into windows by `pipeline.windows.encode_windows`.
+
+    Encode columns: the document's tokens and their character offsets, and where each window sits
+    among them; heads that read only the first window set `keep_all_windows` False.
+    """
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.max_length = model_max_length(ctx.spec, ctx.tokenizer, ctx.config)
+        self.stride = min(ctx.spec.model.effective_stride, self.max_length // 2)
+
+    def keep_all_windows(self) -> bool:
+        return True
+
+    def encode_schema(self) -> list[pa.Field]:
+        ints = pa.list_(pa.int32())
+        return [pa.field(n, ints) for n in ("_tok_ids", "_starts", "_ends", "_window_starts", "_window_prefix", "_window_lengths")]
+
+    def encode_batch(self, rows: list[dict]) -> list[dict | RowError]:
+        from pipeline.windows import encode_windows
+
+        docs = encode_windows(self.tokenizer, [r[C.TEXT] for r in rows], self.max_length, self.stride)
+        keep_all = self.keep_all_windows()
+        out = []
+        for doc in docs:
+            if len(doc.token_ids) == 0:
+                out.append(RowError("the text has no tokens for this tokenizer"))
+                continue
+            n_windows = len(doc.input_ids) if keep_all else 1
+            input_ids = doc.input_ids[:n_windows]
+            out.append(
+                {
+                    C.INPUT_IDS: input_ids,
+                    C.TOKEN_TYPE_IDS: [],
+                    C.N_TOKENS: sum(len(w) for w in input_ids),
+                    C.TRUNCATED: n_windows < len(doc.input_ids),
+                    "_tok_ids": doc.token_ids,
+                    "_starts": doc.starts,
+                    "_ends": doc.ends,
+                    "_window_starts": doc.window_starts[:n_windows],
+                    "_window_prefix": doc.window_prefix[:n_windows],
+                    "_window_lengths": doc.window_lengths[:n_windows],
+                }
+            )
+        return out
+
+    @staticmethod
+    def covered_tokens(row: dict) -> int:
+        """Document tokens the kept windows cover (all of them unless truncated)."""
+        return int(row["_window_starts"][-1] + row["_window_lengths"][-1])
+
+    def per_token(self, row: dict, name: str, width: int) -> np.ndarray:
+        """[n_tokens, width] rows of the per-position output `name`, each token taken from the window
+        where it has the most context (pipeline.windows.best_window_per_token)."""
+        from pipeline.windows import best_window_per_token
+
+        starts = np.asarray(row["_window_starts"], dtype=np.int64)
+        lengths = np.asarray(row["_window_lengths"], dtype=np.int64)
+        prefix = np.asarray(row["_window_prefix"], dtype=np.int64)
+        n = self.covered_tokens(row)
+        window, position = best_window_per_token(starts, lengths, n)
+        per_window = [np.asarray(v, dtype=np.float32).reshape(-1, width) for v in row[C.out(name)]]
+        out = np.empty((n, width), dtype=np.float32)
+        for w in np.unique(window):
+            sel = window == w
+            out[sel] = per_window[w][prefix[w] + position[sel]]
+        return out

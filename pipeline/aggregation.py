@@ -1,0 +1,206 @@
+"""Token probabilities of one document -> entities, exactly as transformers' token-classification pipeline.
+
+The job cannot call `TokenClassificationPipeline` itself: it runs documents as windows, merges the
+windows back into one sequence of document tokens, and then needs the pipeline's post-processing on
+that merged sequence. This module re-implements that post-processing (`gather_pre_entities`,
+`aggregate`, `aggregate_words`/`aggregate_word`, `group_entities`/`group_sub_entities`/`get_tag`,
+then the `ignore_labels` filter) for one document whose tokens carry no special tokens and no
+window overlap, so results match what users get from `pipeline("token-classification", ...)` on
+texts short enough for one window.
+
+Two deliberate differences from the pipeline's output:
+
+* `word` is the original surface `text[start:end]` rather than the tokenizer's decoded string
+  (decoding lower-cases, strips accents and turns [UNK] into a literal "[UNK]", so it is a poor
+  thing to store), and
+* strategy "none" reports the token's label under `entity_group` (the pipeline calls it `entity`
+  and adds `index`), so every strategy yields rows of one shape.
+
+The per-token and per-word steps are NumPy array operations; the only Python loops are over the
+returned entities (to build the dicts) and, for word-aware tokenizers, one `len` per token string.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STRATEGIES = ("none", "simple", "first", "average", "max")
+
+
+def subword_info(tokenizer) -> tuple[str | None, int | None]:
+    """What `aggregate_entities` needs from the tokenizer, read the way the pipeline reads it.
+
+    The pipeline trusts `len(token) != len(surface)` to spot continuation pieces only when the
+    backing `tokenizers` model has a truthy `continuing_subword_prefix` (WordPiece "##", some BPEs);
+    otherwise it falls back to a whitespace heuristic. An empty prefix counts as none, as there.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    prefix = getattr(backend.model, "continuing_subword_prefix", None) if backend else None
+    return (prefix or None), getattr(tokenizer, "unk_token_id", None)
+
+
+def _is_subword(
+    text: str,
+    token_strs: list[str],
+    token_ids: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    continuing_subword_prefix: str | None,
+    unk_token_id: int | None,
+) -> np.ndarray:
+    """Which tokens continue the previous token's word (mirrors `gather_pre_entities`).
+
+    Word-aware tokenizers: a token is a continuation when its string length differs from its
+    surface length (the prefix makes "##ing" longer than "ing"). This also fires whenever
+    normalisation changes the length (e.g. a decomposed accent that the uncased tokenizer strips),
+    which the pipeline does too, so it is kept.
+    Otherwise: a token is a continuation unless it starts the text or touches a plain space
+    (" " only: tabs and newlines do not count) on either side of its start, i.e. the pipeline's
+    `start > 0 and " " not in text[start - 1 : start + 1]`.
+    [UNK] tokens never continue a word, whichever rule applies.
+    """
+    n = len(token_strs)
+    if continuing_subword_prefix:
+        token_lens = np.fromiter(map(len, token_strs), dtype=np.int64, count=n)
+        sub = token_lens != (ends - starts)
+    else:
+        # Code points indexed like Python str positions; surrogatepass keeps lone surrogates 1:1.
+        is_space = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32) == 32
+        text_len = is_space.shape[0]
+        sub = starts > 0
+        prev = np.where(sub, starts - 1, 0)
+        sub &= ~is_space[prev]
+        inside = starts < text_len
+        here = np.where(inside, starts, 0)
+        pass
+    if unk_token_id is not None:
+        sub &= token_ids != unk_token_id
+    return sub
+
+
+def _aggregate_words(
+    probs: np.ndarray, word_starts: np.ndarray, strategy: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (label id, score) per word, with the pipeline's `aggregate_word` arithmetic.
+
+    Ties resolve to the first candidate as in the pipeline (`argmax`, Python `max`). "average"
+    sums float32 rows in order and divides in float64 before rounding to float32, which is what
+    `np.nanmean` does for NaN-free input, so averaged argmaxes cannot flip on a rounding tie.
+    """
+    n = probs.shape[0]
+    if strategy == "first":
+        rows = probs[word_starts]
+    elif strategy == "max":
+        token_max = probs.max(axis=1)
+        word_max = np.maximum.reduceat(token_max, word_starts)
+        word_of_token = np.repeat(np.arange(word_starts.shape[0]), np.diff(word_starts, append=n))
+        # First token of each word reaching the word's maximum.
+        candidates = np.where(token_max == word_max[word_of_token], np.arange(n), n)
+        rows = probs[np.minimum.reduceat(candidates, word_starts)]
+    else:  # average
+        if np.isnan(probs).any():
+            # Rare (broken logits); keep nanmean's exact NaN semantics rather than approximate them.
+            bounds = np.append(word_starts, n)
+            rows = np.stack([np.nanmean(probs[a:b], axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+        else:
+            counts = np.diff(word_starts, append=n)
+            sums = np.add.reduceat(probs, word_starts, axis=0)
+            rows = (sums / counts[:, None]).astype(probs.dtype, copy=False)
+    label_ids = rows.argmax(axis=1)
+    return label_ids, rows[np.arange(rows.shape[0]), label_ids]
+
+
+def aggregate_entities(
+    text: str,
+    token_strs: list[str],
+    token_ids: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    probs: np.ndarray,
+    id2label: dict[int, str],
+    strategy: str,
+    ignore_labels: list[str],
+    continuing_subword_prefix: str | None,
+    unk_token_id: int | None,
+) -> list[dict]:
+    """Entities of one document, identical to `TokenClassificationPipeline` with `strategy`.
+
+    Inputs are the document's tokens in order without special tokens: their strings
+    (`convert_ids_to_tokens`), ids, character offsets into `text`, and softmax probabilities.
+    `continuing_subword_prefix`/`unk_token_id` come from `subword_info(tokenizer)`.
+
+    Pipeline behaviours kept on purpose because users compare against it:
+
+    * grouping happens before `ignore_labels` filtering, so ignored tokens (usually "O") still
+      split groups, and consecutive "O" words form one "O" group when "O" is not ignored;
+    * a group continues while the tag (label without a "B-"/"I-" prefix) is unchanged and the
+      next unit is not "B-"; labels without a prefix behave as "I-"; the group is named by its first
+      label with everything up to the first "-" dropped;
+    * for grouped strategies only the group name is checked against `ignore_labels` (so "B-PER"
+      there ignores nothing), for "none" only the full token label is checked;
+    * the group score is the plain mean of its units' scores.
+    """
+    strategy = strategy.lower()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown aggregation strategy {strategy!r}; expected one of {STRATEGIES}")
+    n = len(token_strs)
+    # The pipeline's filter also tests a missing key (None) against ignore_labels.
+    if n == 0 or None in ignore_labels:
+        return []
+
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    probs = np.asarray(probs)
+    labels = [id2label[i] for i in range(probs.shape[1])]
+    ignored = set(ignore_labels)
+
+    if strategy in ("none", "simple"):
+        unit_labels = probs.argmax(axis=1)
+        unit_scores = probs[np.arange(n), unit_labels]
+        unit_starts, unit_ends = starts, ends
+    else:
+        token_ids = np.asarray(token_ids)
+        sub = _is_subword(text, token_strs, token_ids, starts, ends, continuing_subword_prefix, unk_token_id)
+        sub[0] = False  # the first token always opens a word
+        word_starts = np.flatnonzero(~sub)
+        unit_labels, unit_scores = _aggregate_words(probs, word_starts, strategy)
+        unit_starts = starts[word_starts]
+        unit_ends = ends[np.append(word_starts[1:], n) - 1]
+
+    if strategy == "none":
+        keep = [i for i, lab in enumerate(unit_labels.tolist()) if labels[lab] not in ignored]
+        return [
+            {
+                "entity_group": labels[unit_labels[i]],
+                "score": float(unit_scores[i]),
+                "word": text[starts[i] : ends[i]],
+                "start": int(starts[i]),
+                "end": int(ends[i]),
+            }
+            for i in keep
+        ]
+
+    # group_entities: per-label tables, then a boundary mask over units.
+    is_b = np.array([lab.startswith("B-") for lab in labels])
+    tag_names = [lab[2:] if lab.startswith(("B-", "I-")) else lab for lab in labels]
+    tag_codes = {t: k for k, t in enumerate(dict.fromkeys(tag_names))}
+    tag_of = np.array([tag_codes[t] for t in tag_names])
+    group_names = [lab.split("-", 1)[-1] for lab in labels]
+
+    unit_tags = tag_of[unit_labels]
+    opens = np.empty(unit_labels.shape[0], dtype=bool)
+    opens[0] = True
+    opens[1:] = (unit_tags[1:] != unit_tags[:-1]) | is_b[unit_labels[1:]]
+    group_starts = np.flatnonzero(opens)
+    group_ends = np.append(group_starts[1:], unit_labels.shape[0]) - 1
+    counts = group_ends - group_starts + 1
+    group_scores = np.add.reduceat(unit_scores.astype(np.float64), group_starts) / counts
+
+    out = []
+    for g_first, g_last, score in zip(group_starts.tolist(), group_ends.tolist(), group_scores.tolist()):
+        name = group_names[unit_labels[g_first]]
+        if name in ignored:
+            continue
+        start, end = int(unit_starts[g_first]), int(unit_ends[g_last])
+        out.append({"entity_group": name, "score": score, "word": text[start:end], "start": start, "end": end})
+    return out

@@ -1,0 +1,110 @@
+"""The CPU stages around the model: tokenize and postprocess. Plain callables over `pyarrow.Table`
+batches; Ray only composes them (pipeline/job.py), so tests and benchmarks call them directly.
+
+Error rows (`_error` set) pass through every stage untouched and are written to `_errors/`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from pipeline import columns as C
+from pipeline.heads import build_head
+from pipeline.heads.base import Context, RowError
+from pipeline.models import load_config, load_tokenizer, resolve_model_dir
+
+_COMMON_ENCODE_FIELDS = [
+    pa.field(C.INPUT_IDS, pa.list_(pa.list_(pa.int32()))),
+    pa.field(C.TOKEN_TYPE_IDS, pa.list_(pa.list_(pa.int32()))),
+    pa.field(C.N_TOKENS, pa.int64()),
+    pa.field(C.TRUNCATED, pa.bool_()),
+]
+
+
+def load_head(spec):
+    """The tokenizer, config and head for a spec; loaded once per actor."""
+    model_dir = resolve_model_dir(spec.model.path, spec.storage)
+    tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
+    config = load_config(model_dir, spec.model.trust_remote_code)
+    return build_head(Context(spec=spec, tokenizer=tokenizer, config=config, extra={"model_dir": model_dir}))
+
+
+def _with_errors(batch: pa.Table, errors: list) -> pa.Table:
+    idx = batch.schema.get_field_index(C.ERROR)
+    return batch.set_column(idx, C.ERROR, pa.array(errors, type=pa.string()))
+
+
+class Tokenize:
+    """CPU stage: text -> windows of token ids (never padded; padding happens per micro-batch)."""
+
+    def __init__(self, spec, head=None):
+        self.head = head or load_head(spec)
+        self.fields = _COMMON_ENCODE_FIELDS + self.head.encode_schema()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        errors = [r[C.ERROR] for r in rows]
+        good = [i for i, e in enumerate(errors) if e is None]
+        encoded: list[dict | None] = [None] * len(rows)
+        if good:
+            results = self.head.encode_batch([rows[i] for i in good])
+            for i, res in zip(good, results):
+                if isinstance(res, RowError):
+                    errors[i] = str(res)
+                else:
+                    encoded[i] = res
+        batch = _with_errors(batch, errors)
+        for f in self.fields:
+            values = [None if e is None else e[f.name] for e in encoded]
+            batch = batch.append_column(f, pa.array(values, type=f.type))
+        return batch
+
+
+class Postprocess:
+    """CPU stage: per-window model outputs -> output rows (one per document, or one per token)."""
+
+    def __init__(self, spec, head=None):
+        self.head = head or load_head(spec)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Returns the output rows plus the internal columns the writer needs: `_error` (null for
+        output rows; for an error row, the reason and no outputs), `_shard`, `_row` and the per-document
+        statistics, which are set on the first output row of each document only (so sums stay right)."""
+        id_type = batch.schema.field(C.ID).type
+        schema = self.head.output_schema(id_type)
+        out_cols: dict[str, list] = {name: [] for name in schema.names}
+        internal: dict[str, list] = {C.SHARD: [], C.ROW: [], C.ERROR: [], C.N_TOKENS: [], C.PADDED_SLOTS: [],
+                                     C.TRUNCATED: [], "_n_windows": [], "_documents": []}
+        stat_cols = [c for c in (C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED) if c in batch.schema.names]
+        for row in batch.to_pylist():
+            error = row[C.ERROR]
+            produced: list[dict] = []
+            if error is None:
+                try:
+                    produced = self.head.postprocess(row)
+                except RowError as e:
+                    error = str(e)
+                if error is None and not produced:
+                    error = "the text has no tokens for this tokenizer"
+            if error is not None:
+                produced = [{C.ID: row[C.ID]}]
+            n_windows = len(row.get(C.INPUT_IDS) or [])
+            for k, out_row in enumerate(produced):
+                for name in schema.names:
+                    out_cols[name].append(out_row.get(name))
+                first = k == 0
+                internal[C.SHARD].append(row[C.SHARD])
+                internal[C.ROW].append(row[C.ROW])
+                internal[C.ERROR].append(error if first else None)
+                internal["_documents"].append(1 if first else 0)
+                internal["_n_windows"].append(n_windows if first else 0)
+                for c in (C.N_TOKENS, C.PADDED_SLOTS):
+                    internal[c].append((row.get(c) or 0) if first and c in stat_cols else 0)
+                internal[C.TRUNCATED].append(bool(row.get(C.TRUNCATED)) if first else False)
+        arrays = [pa.array(out_cols[f.name], type=f.type) for f in schema]
+        table = pa.Table.from_arrays(arrays, schema=schema)
+        types = {C.SHARD: pa.int32(), C.ROW: pa.int64(), C.ERROR: pa.string(), C.N_TOKENS: pa.int64(),
+                 C.PADDED_SLOTS: pa.int64(), C.TRUNCATED: pa.bool_(), "_n_windows": pa.int64(), "_documents": pa.int64()}
+        for name, values in internal.items():
+            table = table.append_column(pa.field(name, types[name]), pa.array(values, type=types[name]))
+        return table
