@@ -76,6 +76,9 @@ def load_model(model_dir: str, head, model_spec, device: str = "cpu", dtype=None
     import torch
     import transformers
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per actor per load is noise in job logs
     auto_class = getattr(transformers, head.auto_class)
     kwargs = dict(trust_remote_code=model_spec.trust_remote_code, output_loading_info=True)
     if not model_spec.allow_pickle:

