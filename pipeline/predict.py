@@ -54,22 +54,22 @@ class Predict:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         windows_col = batch.column(C.INPUT_IDS).combine_chunks()
-        types_col = batch.column(C.TOKEN_TYPE_IDS).combine_chunks()
         n_docs = batch.num_rows
-        # Flatten: every window of every (good) document, and which document it belongs to.
-        windows: list[np.ndarray] = []
-        types: list[np.ndarray | None] = []
-        owner: list[int] = []
-        for d in range(n_docs):
-            if not windows_col[d].is_valid:
-                continue  # an error row
-            doc_windows = windows_col[d].values
-            doc_types = types_col[d].values if types_col[d].is_valid else None
-            for w in range(len(doc_windows)):
-                windows.append(doc_windows[w].values.to_numpy(zero_copy_only=False))
-                has_types = doc_types is not None and len(doc_types) > w
-                types.append(doc_types[w].values.to_numpy(zero_copy_only=False) if has_types else None)
-                owner.append(d)
+        valid = windows_col.is_valid().to_numpy(zero_copy_only=False)
+        # Flatten every window of every good document (error rows hold no windows) with NumPy views.
+        windows = _split(windows_col.flatten())
+        per_doc_windows = np.diff(windows_col.offsets.to_numpy())
+        owner = np.repeat(np.arange(n_docs), per_doc_windows).tolist()
+        types_col = batch.column(C.TOKEN_TYPE_IDS).combine_chunks()
+        types: list[np.ndarray | None] = [None] * len(windows)
+        if types_col.null_count < n_docs and len(types_col.flatten()):
+            per_doc_types = np.diff(types_col.offsets.to_numpy())
+            flat_types = _split(types_col.flatten())
+            first_type = np.concatenate([[0], np.cumsum(per_doc_types)])
+            first_window = np.concatenate([[0], np.cumsum(per_doc_windows)])
+            for d in np.nonzero(per_doc_types)[0]:
+                for w in range(per_doc_windows[d]):
+                    types[first_window[d] + w] = flat_types[first_type[d] + w]
         lengths = np.array([len(w) for w in windows], dtype=np.int64)
         results: dict[str, list] = {name: [None] * len(windows) for name in self.head.forward_outputs}
         groups = plan_micro_batches(lengths, self.max_tokens) if len(windows) else []
@@ -84,9 +84,8 @@ class Predict:
         np.add.at(per_doc_pad, np.asarray(owner, dtype=np.int64), pads)
         for name, value_type in self.head.forward_outputs.items():
             per_doc: list[list | None] = [None] * n_docs
-            for d in range(n_docs):
-                if windows_col[d].is_valid:
-                    per_doc[d] = []
+            for d in np.nonzero(valid)[0]:
+                per_doc[d] = []
             for i, d in enumerate(owner):
                 per_doc[d].append(results[name][i])
             batch = batch.append_column(
@@ -120,6 +119,13 @@ class Predict:
         for name, arrays in out.items():
             for row, i in enumerate(group):
                 results[name][i] = arrays[row]
+
+
+def _split(lists: pa.ListArray) -> list[np.ndarray]:
+    """A list<int> array as NumPy views, one per list."""
+    offsets = lists.offsets.to_numpy()
+    values = lists.values.to_numpy(zero_copy_only=False)
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(lists))]
 
 
 def _autocast(device: str, dtype: torch.dtype):
