@@ -16,8 +16,9 @@ Two deliberate differences from the pipeline's output:
 * strategy "none" reports the token's label under `entity_group` (the pipeline calls it `entity`
   and adds `index`), so every strategy yields rows of one shape.
 
-The per-token and per-word steps are NumPy array operations; the only Python loops are over the
-returned entities (to build the dicts) and, for word-aware tokenizers, one `len` per token string.
+The per-token and per-word steps are NumPy array operations; the Python-level loops are over the
+returned entities (to build the dicts), one `len` per token string for word-aware tokenizers, and,
+for "average", one vectorised step per token of the longest word.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _is_subword(
         sub &= ~is_space[prev]
         inside = starts < text_len
         here = np.where(inside, starts, 0)
-        pass
+        sub &= ~(is_space[here] & inside)
     if unk_token_id is not None:
         sub &= token_ids != unk_token_id
     return sub
@@ -84,8 +85,10 @@ def _aggregate_words(
     """One (label id, score) per word, with the pipeline's `aggregate_word` arithmetic.
 
     Ties resolve to the first candidate as in the pipeline (`argmax`, Python `max`). "average"
-    sums float32 rows in order and divides in float64 before rounding to float32, which is what
-    `np.nanmean` does for NaN-free input, so averaged argmaxes cannot flip on a rounding tie.
+    reproduces `np.nanmean` bit for bit on NaN-free input (rows added one after another in the
+    input dtype, then a float64 division by the count rounded back), so an averaged argmax cannot
+    flip on a last-bit tie. The sum runs one vectorised step per token position of the longest word
+    (np.add.reduceat would be one call, but it does not add in order and can differ in the last bit).
     """
     n = probs.shape[0]
     if strategy == "first":
@@ -103,8 +106,15 @@ def _aggregate_words(
             bounds = np.append(word_starts, n)
             rows = np.stack([np.nanmean(probs[a:b], axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
         else:
+            # Step j adds the j-th token of every word longer than j (see docstring for why).
             counts = np.diff(word_starts, append=n)
-            sums = np.add.reduceat(probs, word_starts, axis=0)
+            sums = probs[word_starts]  # fancy indexing: a copy
+            longest_first = np.argsort(-counts, kind="stable")
+            # n_longer[j - 1]: how many words have more than j tokens (a prefix of longest_first).
+            n_longer = np.searchsorted(-counts[longest_first], -np.arange(1, counts.max()), side="left")
+            for j, k in enumerate(n_longer.tolist(), start=1):
+                words = longest_first[:k]
+                sums[words] += probs[word_starts[words] + j]
             rows = (sums / counts[:, None]).astype(probs.dtype, copy=False)
     label_ids = rows.argmax(axis=1)
     return label_ids, rows[np.arange(rows.shape[0]), label_ids]
@@ -151,7 +161,8 @@ def aggregate_entities(
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
     probs = np.asarray(probs)
-    labels = [id2label[i] for i in range(probs.shape[1])]
+    # Configs loaded from JSON by hand can carry string keys; transformers converts them to int.
+    labels = [id2label[i] if i in id2label else id2label[str(i)] for i in range(probs.shape[1])]
     ignored = set(ignore_labels)
 
     if strategy in ("none", "simple"):
@@ -168,16 +179,10 @@ def aggregate_entities(
         unit_ends = ends[np.append(word_starts[1:], n) - 1]
 
     if strategy == "none":
-        keep = [i for i, lab in enumerate(unit_labels.tolist()) if labels[lab] not in ignored]
         return [
-            {
-                "entity_group": labels[unit_labels[i]],
-                "score": float(unit_scores[i]),
-                "word": text[starts[i] : ends[i]],
-                "start": int(starts[i]),
-                "end": int(ends[i]),
-            }
-            for i in keep
+            {"entity_group": labels[lab], "score": score, "word": text[a:b], "start": a, "end": b}
+            for lab, score, a, b in zip(unit_labels.tolist(), unit_scores.tolist(), starts.tolist(), ends.tolist())
+            if labels[lab] not in ignored
         ]
 
     # group_entities: per-label tables, then a boundary mask over units.
@@ -196,11 +201,12 @@ def aggregate_entities(
     counts = group_ends - group_starts + 1
     group_scores = np.add.reduceat(unit_scores.astype(np.float64), group_starts) / counts
 
+    first_labels = unit_labels[group_starts].tolist()
+    group_start_chars = unit_starts[group_starts].tolist()
+    group_end_chars = unit_ends[group_ends].tolist()
     out = []
-    for g_first, g_last, score in zip(group_starts.tolist(), group_ends.tolist(), group_scores.tolist()):
-        name = group_names[unit_labels[g_first]]
-        if name in ignored:
-            continue
-        start, end = int(unit_starts[g_first]), int(unit_ends[g_last])
-        out.append({"entity_group": name, "score": score, "word": text[start:end], "start": start, "end": end})
+    for lab, score, a, b in zip(first_labels, group_scores.tolist(), group_start_chars, group_end_chars):
+        name = group_names[lab]
+        if name not in ignored:
+            out.append({"entity_group": name, "score": score, "word": text[a:b], "start": a, "end": b})
     return out
