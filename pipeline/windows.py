@@ -100,3 +100,21 @@ def best_window_per_token(window_starts: np.ndarray, window_lengths: np.ndarray,
         raise AssertionError("windows do not cover every token")
     position = np.arange(n_tokens) - window_starts[best_window] if n_tokens else np.zeros(0, dtype=np.int64)
     return best_window, position
+
+
+def surface_offsets(text: str, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets for per-token rows, where every token must show a non-empty `text[start:end]`.
+
+    Byte-level BPE tokenizers trim whitespace from offsets, so a token that *is* whitespace (RoBERTa's
+    "Ġ" before a double space or at the end of a text) gets an empty span just after it. Such a token
+    is given the character before that position: the whitespace it stands for. Entity aggregation keeps
+    the tokenizer's own offsets (transformers' pipeline decides sub-words from them).
+    """
+    empty = starts == ends
+    if not empty.any() or not text:
+        return starts, ends
+    starts, ends = starts.copy(), ends.copy()
+    at_start = empty & (ends == 0)
+    ends[at_start] = 1
+    starts[empty & ~at_start] = ends[empty & ~at_start] - 1
+    return starts, ends

@@ -9,6 +9,7 @@ import torch
 
 from pipeline import columns as C
 from pipeline.heads.base import RowError, WindowedTextHead
+from pipeline.windows import surface_offsets
 
 
 class Embedding(WindowedTextHead):
@@ -73,11 +74,12 @@ class Embedding(WindowedTextHead):
     def postprocess(self, row):
         if self.granularity == "token":
             vectors = self._normalize(self.per_token(row, "tokens", self.hidden))
-            ids = row["_tok_ids"][: len(vectors)]
-            token_strs = self.tokenizer.convert_ids_to_tokens(list(ids))
+            n = len(vectors)
+            token_strs = self.tokenizer.convert_ids_to_tokens(list(row["_tok_ids"][:n]))
+            starts, ends = surface_offsets(row[C.TEXT], np.asarray(row["_starts"][:n]), np.asarray(row["_ends"][:n]))
             return [
-                {"id": row[C.ID], "token_index": i, "token": token_strs[i], "start": int(row["_starts"][i]),
-                 "end": int(row["_ends"][i]), "embedding": vectors[i]}
+                {"id": row[C.ID], "token_index": i, "token": token_strs[i], "start": int(starts[i]),
+                 "end": int(ends[i]), "embedding": vectors[i]}
                 for i in range(len(vectors))
             ]
         windows = [np.asarray(v, dtype=np.float32) for v in row[C.out("vector")]]

@@ -45,6 +45,7 @@ class TokenClassification(WindowedTextHead):
 
     def postprocess(self, row):
         from pipeline.aggregation import aggregate_entities
+        from pipeline.windows import surface_offsets
 
         probs = self.per_token(row, "probs", self.num_labels)
         n = len(probs)
@@ -53,6 +54,7 @@ class TokenClassification(WindowedTextHead):
         ends = np.asarray(row["_ends"][:n])
         token_strs = self.tokenizer.convert_ids_to_tokens(token_ids.tolist())
         if self.granularity == "token":
+            starts, ends = surface_offsets(row[C.TEXT], starts, ends)
             best = probs.argmax(axis=1)
             return [
                 {"id": row[C.ID], "token_index": i, "token": token_strs[i], "start": int(starts[i]), "end": int(ends[i]),

@@ -6,6 +6,8 @@ import importlib.resources
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
 
 from pipeline.local import LocalRunner
@@ -83,17 +85,35 @@ ENGLISH = ("John Smith of Acme Corporation flew from Paris to Berlin on Tuesday,
            "chaired by Maria Jones, discussed the merger of two banks and a new treaty. ")
 
 
+CHINESE = "北京是中华人民共和国的首都，也是全国的政治和文化中心。李明在清华大学学习，他的朋友王芳在上海工作。"
+
+
+@pytest.fixture(scope="module")
+def roberta_model_dir(tmp_path_factory):
+    from tests.models import build
+
+    return str(build("roberta", tmp_path_factory.mktemp("roberta-ner"), head="token-classification", labels=LABELS))
+
+
 @pytest.mark.parametrize("repeat", [1, 3, 20])
-def test_every_token_is_predicted_exactly_once(random_model_dir, tokenizer, repeat):
-    text = ENGLISH * repeat
-    runner = _runner(random_model_dir, "none", 32, 8, granularity="token")
+@pytest.mark.parametrize("language", ["english", "chinese"])
+@pytest.mark.parametrize("model", ["bert", "roberta"])
+def test_every_token_is_predicted_exactly_once(random_model_dir, roberta_model_dir, model, language, repeat):
+    text = (ENGLISH if language == "english" else CHINESE) * repeat
+    model_dir = random_model_dir if model == "bert" else roberta_model_dir
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if language == "chinese" and model == "bert":  # a WordPiece vocabulary with Han characters
+        assert tokenizer.tokenize("北京")[:2] == ["北", "京"]
+    runner = _runner(model_dir, "none", 32, 8, granularity="token")
     results, errors = runner.run([{"id": 1, "text": text}])
     assert errors.num_rows == 0
     n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert n_tokens > 32 * (repeat - 1)  # 1x, 3x and 20x the window length (max_length 32)
     assert results.num_rows == n_tokens
     assert results.column("token_index").to_pylist() == list(range(n_tokens))
-    starts = results.column("start").to_pylist()
+    starts, ends = results.column("start").to_pylist(), results.column("end").to_pylist()
     assert starts == sorted(starts)
+    assert all(text[s:e] for s, e in zip(starts, ends))
 
 
 def test_entity_across_a_window_edge_comes_out_whole(oracle_model_dir, tokenizer):
@@ -132,7 +152,7 @@ def _overlap_chars(doc):
 
 @pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
 def test_equal_to_the_pipeline_away_from_overlaps(random_model_dir, tokenizer, strategy):
-    texts = [ENGLISH * 3, ENGLISH * 20, "Paris " + ENGLISH]
+    texts = [ENGLISH * 3, ENGLISH * 20, "Paris " + ENGLISH, CHINESE * 6]
     max_length, stride = 40, 10
     ours, _ = _runner(random_model_dir, strategy, max_length, stride).run([{"id": i, "text": t} for i, t in enumerate(texts)])
     tok = AutoTokenizer.from_pretrained(random_model_dir, model_max_length=max_length)
@@ -159,3 +179,36 @@ def test_equal_to_the_pipeline_away_from_overlaps(random_model_dir, tokenizer, s
         total += len(all_theirs | all_mine)
         assert len(mine) > 3  # the comparison is not vacuous
     print(f"\nagreement with the pipeline ({strategy}) over all entities: {equal}/{total} = {equal / total:.1%}")
+
+
+unicode_text = st.lists(
+    st.sampled_from([ENGLISH, CHINESE, "😀👍🏽 ", "e\u0301 ", "ＦＵＬＬ ", "\r\n", "\t", "\u200b", "naïve café ", "Москва "])
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20),
+    min_size=1, max_size=12,
+).map("".join).filter(lambda t: t.strip())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=unicode_text, strategy=st.sampled_from(["none", "simple", "first", "average", "max"]))
+def test_entity_words_are_the_surface_of_their_offsets(random_model_dir, text, strategy):
+    runner = _runners(random_model_dir, strategy)
+    results, errors = runner.run([{"id": 0, "text": text}])
+    if errors.num_rows:  # only a text with no tokens at all (e.g. zero-width characters) may fail
+        assert errors.column("_error")[0].as_py() == "the text has no tokens for this tokenizer"
+        return
+    previous = -1
+    for e in results.column("entities")[0].as_py():
+        assert 0 <= e["start"] < e["end"] <= len(text)
+        assert e["word"] == text[e["start"]:e["end"]]
+        assert e["start"] >= previous
+        previous = e["start"]
+
+
+_RUNNERS = {}
+
+
+def _runners(model_dir, strategy):
+    """One runner per strategy for the property test (loading a model per example would dominate)."""
+    if (model_dir, strategy) not in _RUNNERS:
+        _RUNNERS[(model_dir, strategy)] = _runner(model_dir, strategy, 24, 6)
+    return _RUNNERS[(model_dir, strategy)]
