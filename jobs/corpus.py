@@ -57,7 +57,8 @@ Andersson Johansson Nilsson Larsen Hansen Nielsen Kowalski Nowak Wiśniewski Yil
 O'Brien O'Connor MacDonald Fitzgerald van Dijk de Jong Jansen Novak Horvat Papadopoulos Kovács
 """.split()
 # two-word surnames that must stay together
-SURNAMES = [s for s in SURNAMES if s not in ("van", "Dijk", "de", "Jong")] + ["van Dijk", "de Jong", "da Silva", "Al-Farsi"]
+SURNAMES = [s for s in SURNAMES if s not in ("van", "Dijk", "de", "Jong")]
+SURNAMES += ["van Dijk", "de Jong", "da Silva", "Al-Farsi"]
 
 # Organisations: companies, banks, institutions, media, sports clubs, NGOs, parties, universities
 COMPANIES = [
@@ -74,13 +75,21 @@ COMPANIES = [
     "Verizon", "Coca-Cola", "PepsiCo", "McDonald's", "Starbucks", "Nike", "Adidas", "Puma",
     "Northwind Logistics", "Halvorsen Shipping", "Brightwater Energy", "Crestline Pharmaceuticals",
 ]
-BANKS = [
-    "Bank of England", "European Central Bank", "Federal Reserve", "Bank of Japan", "Deutsche Bank",
+BANKS = [  # commercial and investment banks; central banks are in CENTRAL_BANKS
+    "Deutsche Bank",
     "Commerzbank", "Goldman Sachs", "Morgan Stanley", "JPMorgan Chase", "Citigroup", "Bank of America",
     "Wells Fargo", "HSBC", "Barclays", "Lloyds Banking Group", "Royal Bank of Scotland", "BNP Paribas",
     "Société Générale", "Credit Suisse", "UBS", "Santander", "BBVA", "UniCredit", "ING", "Rabobank",
-    "Nomura", "Mitsubishi UFJ Financial Group", "People's Bank of China", "Reserve Bank of India",
-    "International Monetary Fund", "World Bank", "Bank of Canada", "Swiss National Bank",
+    "Nomura", "Mitsubishi UFJ Financial Group", "Standard Chartered", "Nordea", "Danske Bank", "Itaú Unibanco",
+    "State Bank of India", "Industrial and Commercial Bank of China", "Macquarie Group", "BlackRock",
+]
+# central banks and the like, usually written with "the" ("the Bank of England")
+CENTRAL_BANKS = [
+    "Bank of England", "European Central Bank", "Federal Reserve", "Bank of Japan", "People's Bank of China",
+    "Reserve Bank of India", "International Monetary Fund", "World Bank", "Bank of Canada", "Swiss National Bank",
+    "Reserve Bank of New Zealand", "Bank of Korea", "Central Bank of Brazil", "Bank of Mexico", "Riksbank",
+    "Norges Bank", "Bank for International Settlements", "European Investment Bank", "Asian Development Bank",
+    "Bank of Israel",
 ]
 INSTITUTIONS = [
     "United Nations", "European Union", "European Commission", "NATO", "World Health Organization",
@@ -149,7 +158,7 @@ NATIONALITIES = [
     "Chilean", "Japanese", "Chinese", "Korean", "South Korean", "Indian", "Pakistani", "Indonesian", "Thai",
     "Vietnamese", "Australian", "Egyptian", "Nigerian", "Kenyan", "South African", "Moroccan", "Saudi",
     "Iranian", "Iraqi", "Israeli", "Palestinian", "Syrian", "Scottish", "Welsh", "Colombian", "Peruvian",
-    "Danish", "Croatian", "Serbian", "Romanian", "Ethiopian", "Ghanaian", "Qatari", "Emirati", "Taiwanese",
+    "Croatian", "Serbian", "Romanian", "Ethiopian", "Ghanaian", "Qatari", "Emirati", "Taiwanese",
 ]
 GROUPS = ["European", "Asian", "African", "Latin American", "Scandinavian", "Arab", "Muslim", "Christian",
           "Catholic", "Jewish", "Buddhist", "Hindu", "Protestant", "Western", "Anglo-Saxon"]
@@ -159,12 +168,13 @@ SPORT_EVENTS = [
     "Africa Cup of Nations", "Copa America", "Six Nations", "Giro d'Italia", "Monaco Grand Prix",
     "Boston Marathon", "Stanley Cup", "Davis Cup", "Rugby World Cup", "Asian Games", "Commonwealth Games",
 ]
-EVENTS = SPORT_EVENTS + [
+OTHER_EVENTS = [
     "Davos forum", "G20 summit", "G7 summit", "COP28", "Cannes Film Festival", "Oscars", "Grammy Awards",
     "Nobel Prize", "Booker Prize", "Eurovision Song Contest", "Formula One",
     "Paris Air Show", "Frankfurt Motor Show", "Mobile World Congress", "CES", "Oktoberfest", "Ramadan",
     "Christmas", "Easter", "Lunar New Year", "Cold War", "Second World War", "Brexit", "Arab Spring",
 ]
+EVENTS = SPORT_EVENTS + OTHER_EVENTS
 PRODUCTS = [
     "iPhone", "iPad", "MacBook", "Windows", "Office 365", "Android", "Galaxy S24", "PlayStation 5", "Xbox",
     "Nintendo Switch", "Model 3", "Model Y", "Golf", "Corolla", "Prius", "Boeing 737 MAX", "A320neo",
@@ -174,7 +184,8 @@ PRODUCTS = [
 ]
 INDICES = ["Euro Stoxx 50", "FTSE 100", "Dow Jones Industrial Average", "S&P 500", "Nikkei 225", "DAX",
            "CAC 40", "Hang Seng", "Sensex", "Nasdaq Composite", "IBEX 35", "Kospi", "MSCI World", "Shanghai Composite"]
-LANGUAGES = ["English", "French", "German", "Spanish", "Mandarin", "Arabic", "Russian", "Japanese", "Hindi", "Portuguese"]
+LANGUAGES = ["English", "French", "German", "Spanish", "Mandarin", "Arabic", "Russian", "Japanese", "Hindi",
+             "Portuguese"]
 
 
 def _split(items: list[str], split: str) -> list[str]:
@@ -218,10 +229,12 @@ QUARTERS = ["first", "second", "third", "fourth"]
 
 ENTITY_SLOTS = {
     "PER": "PER", "PER2": "PER", "SURNAME": "PER", "ORG": "ORG", "ORG2": "ORG", "COMPANY": "ORG",
-    "BANK": "ORG", "INST": "ORG", "MEDIA": "ORG", "TEAM": "ORG", "TEAM2": "ORG", "LOC": "LOC", "LOC2": "LOC",
+    "BANK": "ORG", "CBANK": "ORG", "INST": "ORG", "MEDIA": "ORG", "TEAM": "ORG", "TEAM2": "ORG",
+    "LOC": "LOC", "LOC2": "LOC",
     "CITY": "LOC", "CITY2": "LOC", "COUNTRY": "LOC", "COUNTRY2": "LOC", "GEO": "LOC", "RIVER": "LOC",
     "SEA": "LOC", "REGION": "LOC", "MISC": "MISC",
-    "NAT": "MISC", "NAT2": "MISC", "EVENT": "MISC", "SPORT": "MISC", "INDEX": "MISC", "GROUP": "MISC", "PRODUCT": "MISC", "LANG": "MISC",
+    "NAT": "MISC", "NAT2": "MISC", "EVENT": "MISC", "SPORT": "MISC", "INDEX": "MISC", "GROUP": "MISC",
+    "PRODUCT": "MISC", "LANG": "MISC",
 }
 
 SENTENCE_TEMPLATES = [
@@ -243,7 +256,8 @@ SENTENCE_TEMPLATES = [
     "{PER} and {PER2} met in {CITY} on {DAY} to discuss {TOPIC}.",
     "According to {ORG}, {CLAUSE}.",
     "{COUNTRY}'s economy grew {PCT} in the {QUARTER} quarter, the {INST} said.",
-    "{BANK} kept interest rates unchanged at {PCT} on {DAY}, as expected by {INT} of {INT2} economists polled by {MEDIA}.",
+    "The {CBANK} kept interest rates unchanged at {PCT} on {DAY}, as expected by {INT} of {INT2} economists "
+    "polled by {MEDIA}.",
     "{ORG} agreed to buy {ORG2} for {MONEY} ({MONEY2}), the companies said on {DAY}.",
     "{PER}, who joined {ORG} in {YEAR}, replaces {PER2}, who is retiring.",
     "Speaking in {LANG} at the {EVENT} in {CITY}, {PER} called for {TOPIC} to be resolved.",
@@ -272,7 +286,11 @@ SENTENCE_TEMPLATES = [
     "On {DATE}, {CLAUSE}.",
     "{PER} will be replaced by {PER2} as {ROLE} of {TEAM} at the end of the season.",
     "Analysts at {BANK} expect {NOUN} to {VERB_INF} by {PCT} next year.",
-    "The {INDEX} {MOVE} {PCT} on {DAY} as investors weighed comments from {PER} of the {BANK}.",
+    "The {INDEX} {MOVE} {PCT} on {DAY} as investors weighed comments from {PER} of the {CBANK}.",
+    "The {CBANK} raised rates by {INT} basis points after {PER} spoke in {CITY}.",
+    "Officials at the {CBANK} said {CLAUSE}.",
+    "{COUNTRY} asked the {CBANK} for a {MONEY} loan, {MEDIA} reported.",
+    "The {INST} said on {DAY} that {CLAUSE}.",
     "{GROUP} leaders in {CITY} condemned the attack on {DAY}.",
     "{ORG} said the {PRODUCT} accounted for {PCT} of its sales in {COUNTRY}.",
     "{PER}, {AGE}, a former {NAT} international, has signed for {TEAM} until {YEAR}.",
@@ -339,7 +357,7 @@ ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth"]
 _NEWS_DATELINE = "{CITY_UP}, {DATE} ({MEDIA}) - "
 _HEADLINES = [
     "{COMPANY} to cut {INT} jobs in {COUNTRY}",
-    "{NAT} shares {MOVE} as {BANK} holds rates",
+    "{NAT} shares {MOVE} as {CBANK} holds rates",
     "{PER} wins {SPORT} in {CITY}",
     "{TEAM} sack coach {PER}",
     "Floods hit {CITY} as {RIVER} bursts its banks",
@@ -402,18 +420,19 @@ class _Gen:
         self.sur = _split(SURNAMES, s)
         self.company = _split(COMPANIES, s)
         self.bank = _split(BANKS, s)
+        self.cbank = _split(CENTRAL_BANKS, s)
         self.inst = _split(INSTITUTIONS, s)
         self.media = _split(MEDIA, s)
         self.team = _split(TEAMS, s)
         self.city = _split(CITIES, s)
         self.country = _split(COUNTRIES, s)
-        self.geo = _split(GEO, s)
         self.river = _split(RIVERS, s)
         self.sea = _split(SEAS, s)
         self.region = _split(REGIONS, s)
+        self.geo = self.river + self.sea + self.region
         self.nat = _split(NATIONALITIES, s)
-        self.event = _split(EVENTS, s)
         self.sport_event = _split(SPORT_EVENTS, s)
+        self.event = self.sport_event + _split(OTHER_EVENTS, s)
         self.groups = _split(GROUPS, s)
         self.index = _split(INDICES, s)
         self.product = _split(PRODUCTS, s)
@@ -444,6 +463,8 @@ class _Gen:
             return rng.choice(self.company)
         if slot == "BANK":
             return rng.choice(self.bank)
+        if slot == "CBANK":
+            return rng.choice(self.cbank)
         if slot == "INST":
             return rng.choice(self.inst)
         if slot == "MEDIA":
@@ -634,8 +655,9 @@ def _n_sentences(rng: random.Random, long_tail: bool) -> int:
 
     long_tail: a lognormal body (~75% of all documents have 1-2 sentences, ~20% have 3-12) mixed with a
     Pareto tail (6% of documents, 17-60 sentences: mostly ~350-550 word pieces, about 1% of all documents
-    beyond 512 and up to ~1,500). Measured with the MiniLM tokenizer on 2,000 documents: median ~28
-    tokens, p90 ~110, p95 ~330, p99 ~530. Otherwise 1-3 sentences, uniformly."""
+    beyond 512 and up to ~1,500). Measured with the MiniLM tokenizer on 10,000 documents: median 28
+    word pieces, p90 ~100, p95 ~330, p99 ~525, max ~1,200; 81% <= 64, 3% in 350-512, 1% > 512.
+    Otherwise 1-3 sentences, uniformly."""
     if not long_tail:
         return rng.randint(1, 3)
     if rng.random() < 0.06:
@@ -676,7 +698,7 @@ def documents(n: int, seed: int = 0, long_tail: bool = True, split: str = "all")
 # --------------------------------------------------------------------------------------------------
 
 SAMPLE_ROWS = 200
-SAMPLE_SEED = 0
+SAMPLE_SEED = 7  # chosen so the sample has a few documents near 512 tokens and four beyond
 # Deliberately bad rows (id == line number, 0-based), to show the job's error handling; the rest are
 # documents(SAMPLE_ROWS, seed=SAMPLE_SEED)[id].
 SAMPLE_BAD_ROWS = {10: None, 100: "", 150: 42}
