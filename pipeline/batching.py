@@ -6,24 +6,34 @@ from __future__ import annotations
 import numpy as np
 
 
-def plan_micro_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+def plan_micro_batches(lengths: np.ndarray, max_tokens: int, max_padding: float = 0.1) -> list[np.ndarray]:
     """Indices into `lengths`, grouped so that len(group) * max(length in group) <= max_tokens.
 
     Longest first: the largest forward pass comes first, so an out-of-memory surfaces at once rather
-    than after most of the batch has run. A window longer than the budget runs alone.
+    than after most of the batch has run. A window longer than the budget runs alone. A group is also
+    closed early when the next window would push its pad slots above `max_padding` of its real tokens
+    -- but only once the group holds a sixteenth of the budget, so short windows still form batches
+    large enough to keep the device busy.
     """
     lengths = np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable")
+    min_real = max_tokens // 16
     groups: list[np.ndarray] = []
-    start = 0
-    n = len(order)
+    start, n = 0, len(order)
     while start < n:
+        # Sorted descending: the group's first window is its longest.
         longest = int(lengths[order[start]])
-        # Sorted descending, so the first window of a group is its longest: the group may take
-        # max_tokens // longest windows.
-        size = max(1, max_tokens // max(longest, 1))
-        groups.append(order[start : start + size])
-        start += size
+        capacity = max(1, max_tokens // max(longest, 1))
+        end, real = start + 1, longest
+        while end < n and end - start < capacity:
+            length = int(lengths[order[end]])
+            padded = longest * (end - start + 1)
+            if real >= min_real and padded - (real + length) > max_padding * (real + length):
+                break
+            real += length
+            end += 1
+        groups.append(order[start:end])
+        start = end
     return groups
 
 

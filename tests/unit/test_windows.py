@@ -77,6 +77,10 @@ def test_plan_micro_batches_respects_the_budget_and_covers_everything():
     # Sorted by length: padding is a small share of the real tokens.
     pads = padded_slots(groups, lengths)
     assert pads.sum() / lengths.sum() < 0.1
+    # The budget alone would allow more padding: the waste cap closes groups early.
+    loose = plan_micro_batches(lengths, 1024, max_padding=float("inf"))
+    assert padded_slots(loose, lengths).sum() > pads.sum()
+    assert len(loose) < len(groups)
 
 
 def test_a_window_longer_than_the_budget_runs_alone():
