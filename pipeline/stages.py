@@ -34,6 +34,37 @@ def _with_errors(batch: pa.Table, errors: list) -> pa.Table:
     return batch.set_column(idx, C.ERROR, pa.array(errors, type=pa.string()))
 
 
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def _list_views(col: pa.ListArray) -> list:
+    """One NumPy view per list (None for a null), without a Python object per element."""
+    offsets = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=False)
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    return [values[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(col))]
+
+
+def rows_with_array_views(batch: pa.Table) -> list[dict]:
+    """Rows as dicts, numeric list columns as NumPy arrays (list<list<...>> as lists of arrays): a
+    megabyte document's per-token columns would otherwise become millions of Python objects."""
+    columns = {}
+    for name in batch.schema.names:
+        col = batch.column(name).combine_chunks()
+        t = col.type
+        if pa.types.is_list(t) and _is_number(t.value_type):
+            columns[name] = _list_views(col)
+        elif pa.types.is_list(t) and pa.types.is_list(t.value_type) and _is_number(t.value_type.value_type):
+            inner = _list_views(col.values)
+            offsets = col.offsets.to_numpy()
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            columns[name] = [inner[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(col))]
+        else:
+            columns[name] = col.to_pylist()
+    return [{name: values[i] for name, values in columns.items()} for i in range(batch.num_rows)]
+
+
 class Tokenize:
     """CPU stage: text -> windows of token ids (never padded; padding happens per micro-batch)."""
 
@@ -76,7 +107,7 @@ class Postprocess:
         internal: dict[str, list] = {C.SHARD: [], C.ROW: [], C.ERROR: [], C.N_TOKENS: [], C.PADDED_SLOTS: [],
                                      C.TRUNCATED: [], "_n_windows": [], "_documents": []}
         stat_cols = [c for c in (C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED) if c in batch.schema.names]
-        for row in batch.to_pylist():
+        for row in rows_with_array_views(batch):
             error = row[C.ERROR]
             produced: list[dict] = []
             if error is None:
