@@ -212,3 +212,15 @@ def _runners(model_dir, strategy):
     if (model_dir, strategy) not in _RUNNERS:
         _RUNNERS[(model_dir, strategy)] = _runner(model_dir, strategy, 24, 6)
     return _RUNNERS[(model_dir, strategy)]
+
+
+def test_a_megabyte_document_goes_through_beside_a_short_one(random_model_dir, tokenizer):
+    text = ENGLISH * 6100  # ~1 MB, ~190k tokens, thousands of windows
+    assert len(text) > 1_000_000
+    runner = _runner(random_model_dir, "none", 128, 32, granularity="token")
+    results, errors = runner.run([{"id": 1, "text": text}, {"id": 2, "text": "Paris"}])
+    assert errors.num_rows == 0
+    n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = results.column("id").to_pylist()
+    assert ids.count(1) == n_tokens and ids.count(2) == 1
+    assert results.column("end").to_pylist()[n_tokens - 1] == len(text.rstrip())
