@@ -19,9 +19,6 @@ from pipeline.heads.base import RowError, WindowedTextHead
 
 LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
-_NO_TOKENS = "the text has no tokens for this tokenizer"
-
-
 def resolve_function(option: str, config) -> str:
     """`function_to_apply` after `auto`, exactly as TextClassificationPipeline.postprocess decides it."""
     if option != "auto":
@@ -88,19 +85,9 @@ class SequenceClassification(WindowedTextHead):
         return out
 
     def _encode_single(self, texts: list[str]) -> list[dict | RowError]:
-        from pipeline.windows import encode_windows
-
-        keep_all = self.keep_all_windows()
-        results = []
-        for doc in encode_windows(self.tokenizer, texts, self.max_length, self.stride):
-            if len(doc.token_ids) == 0:
-                results.append(RowError(_NO_TOKENS))
-                continue
-            n_windows = len(doc.input_ids) if keep_all else 1
-            windows = doc.input_ids[:n_windows]
-            results.append({C.INPUT_IDS: windows, C.TOKEN_TYPE_IDS: [], C.N_TOKENS: sum(len(w) for w in windows),
-                            C.TRUNCATED: n_windows < len(doc.input_ids)})
-        return results
+        # The windows of WindowedTextHead; the offset columns it adds are not in encode_schema, so
+        # the tokenize stage drops them.
+        return super().encode_batch([{C.TEXT: t} for t in texts])
 
     def _encode_pairs(self, texts: list[str], pairs: list[str]) -> list[dict | RowError]:
         """One window per pair: the whole pair when it fits, else truncated longest_first (the longer
