@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec, args.overrides)
         if args.command == "validate":
             facts = validate(spec)
-            print(f"ok: {spec.model.head} on {facts['model_dir']}, {facts['shards']} input shard(s), "
+            print(f"ok: {spec.model.head} on {facts['model_dir']}, {len(facts['shards'])} input shard(s), "
                   f"output to {spec.output.path}")
             return 0
         summary = run(spec)

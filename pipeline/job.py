@@ -59,7 +59,7 @@ def validate(spec) -> dict:
         raise SpecError(f"output.granularity: {spec.model.head} supports {', '.join(head.granularities)}")
     model_dir = head.ctx.extra["model_dir"]
     load_model(model_dir, head, spec.model, device="cpu")
-    return {"shards": len(shards), "head": head, "model_dir": model_dir}
+    return {"shards": shards, "head": head, "model_dir": model_dir}
 
 
 def _init_ray(spec, cpus_needed: float) -> bool:
@@ -100,8 +100,7 @@ def run(spec, progress=None) -> dict:
 
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.time()
-    facts = validate(spec)
-    shards = list_shards(spec.input, spec.storage)
+    shards = validate(spec)["shards"]
     res = spec.resources
     cpus_needed = (
         READ_CPUS + TOKENIZE_CPUS * res.tokenizer_actors + POSTPROCESS_CPUS * res.tokenizer_actors
@@ -127,15 +126,14 @@ def run(spec, progress=None) -> dict:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
-    ctx.print_on_execution_start = False if hasattr(ctx, "print_on_execution_start") else None
 
     columns, optional = reader_columns(spec)
     rows_per_batch = spec.batching.rows_per_batch
+    id_type = probe_id_type(shards, spec.input.id_column, spec.storage)
     ds = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(
         functools.partial(_read_shard, shards=shards, columns=columns, optional=optional,
-                          id_column=spec.input.id_column, id_type=probe_id_type(shards, spec.input.id_column, spec.storage),
-                          storage=spec.storage),
+                          id_column=spec.input.id_column, id_type=id_type, storage=spec.storage),
         batch_size=1, batch_format="numpy", num_cpus=READ_CPUS,
     )
     common = dict(batch_format="pyarrow", batch_size=rows_per_batch, zero_copy_batch=True)
@@ -166,7 +164,7 @@ def run(spec, progress=None) -> dict:
     except Exception as e:  # noqa: BLE001 - one sentence, the cause kept for --debug
         raise JobFailed(f"the job failed while running: {_root_cause(e)}") from e
 
-    rows_read = count_input_rows(shards, columns, optional, spec)
+    rows_read = count_input_rows(shards, spec.storage)
     wall = time.time() - started
     summary = {
         "status": "complete",
@@ -200,7 +198,7 @@ def run(spec, progress=None) -> dict:
     return summary
 
 
-def count_input_rows(shards, columns, optional, spec) -> int:
+def count_input_rows(shards, storage) -> int:
     """Rows in the input, counted apart from the job so the final check means something: Parquet
     from the file footers, JSONL by its non-blank lines (in Ray tasks, one per shard)."""
     import ray
@@ -209,7 +207,7 @@ def count_input_rows(shards, columns, optional, spec) -> int:
     def count(shard) -> int:
         from pipeline.sources import count_rows
 
-        return count_rows(shard, spec.storage)
+        return count_rows(shard, storage)
 
     return sum(ray.get([count.remote(s) for s in shards]))
 

@@ -7,7 +7,9 @@ Run it with a transformers 4.57 venv, NOT the project's:
     /tmp/tf457/bin/python tests/golden/make_qa_golden.py tests/golden/models
 
 It builds tiny seeded question-answering models with reproducible tokenizers (a WordPiece vocabulary
-written from a fixed word list; a byte-level BPE trained on fixed text), saves them with
+written from a fixed word list; a byte-level BPE trained on fixed text) -- BERT (and the same with a
+left-padding tokenizer), RoBERTa, DistilBERT (no token type ids) and MobileBERT (trigram embeddings,
+bottlenecks, NoNorm) -- saves them with
 `save_pretrained` under the directory given (committed: the project's transformers 5 loads the very
 same files), runs `pipeline("question-answering")` on fixed (question, context) pairs under several
 option sets and writes `qa_golden.json` next to this script: inputs, options, a fingerprint of the
@@ -37,6 +39,12 @@ from transformers import (
     BertConfig,
     BertForQuestionAnswering,
     BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForQuestionAnswering,
+    DistilBertTokenizerFast,
+    MobileBertConfig,
+    MobileBertForQuestionAnswering,
+    MobileBertTokenizerFast,
     RobertaConfig,
     RobertaForQuestionAnswering,
     RobertaTokenizerFast,
@@ -145,11 +153,13 @@ def build_wordpiece_vocab() -> list[str]:
     return vocab
 
 
-def build_bert_tokenizer(tmp: Path, padding_side: str) -> BertTokenizerFast:
+def build_bert_tokenizer(tmp: Path, padding_side: str, cls=BertTokenizerFast):
+    """A lowercasing WordPiece tokenizer over `build_wordpiece_vocab`; `cls` picks the family's class
+    (DistilBERT's, MobileBERT's: the same tokenizer, their own model input names)."""
     vocab_file = tmp / "vocab.txt"
     vocab_file.write_text("\n".join(build_wordpiece_vocab()) + "\n", encoding="utf-8")
-    return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=MAX_POSITIONS,
-                             padding_side=padding_side)
+    return cls(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=MAX_POSITIONS,
+               padding_side=padding_side)
 
 
 def build_roberta_tokenizer(tmp: Path) -> RobertaTokenizerFast:
@@ -162,11 +172,13 @@ def build_roberta_tokenizer(tmp: Path) -> RobertaTokenizerFast:
                                 model_max_length=MAX_POSITIONS)
 
 
-def _shape_head(model, base, tokenizer, seed: int, null_bias: float) -> None:
+def _shape_head(model, base, tokenizer, seed: int, null_bias: float, unit_states: bool = False) -> None:
     """A random head gives near-uniform probabilities and never prefers the null answer. Spread the
     logits (spans well separated, so batching noise cannot reorder them) and lean both start and end
     towards [CLS] by `null_bias` along the direction where its hidden state differs from the other
-    tokens', so that the null answer wins for some inputs and loses for others."""
+    tokens', so that the null answer wins for some inputs and loses for others. `unit_states` scales
+    the head as if the hidden states had unit spread (MobileBERT's are not normalised: tiny when
+    random, so its logits would hardly differ)."""
     gen = torch.Generator().manual_seed(seed)
     cls_states, other_states = [], []
     with torch.no_grad():
@@ -183,6 +195,9 @@ def _shape_head(model, base, tokenizer, seed: int, null_bias: float) -> None:
         direction = direction / direction.norm()
         w = model.qa_outputs.weight
         w.copy_(torch.randn(w.shape, generator=gen) * 0.6 + null_bias * direction)
+        if unit_states:
+            states = torch.cat([torch.stack(cls_states), torch.stack(other_states)])
+            w.div_(states.std())
         model.qa_outputs.bias.zero_()
 
 
@@ -203,6 +218,35 @@ def build_roberta_model(tokenizer, seed: int) -> RobertaForQuestionAnswering:
                            eos_token_id=tokenizer.eos_token_id)
     model = RobertaForQuestionAnswering(config).eval()
     _shape_head(model, model.roberta, tokenizer, seed, null_bias=1.2)
+    return model
+
+
+def build_distilbert_model(tokenizer, seed: int) -> DistilBertForQuestionAnswering:
+    torch.manual_seed(seed)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=37,
+                              max_position_embeddings=MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id)
+    model = DistilBertForQuestionAnswering(config).eval()
+    _shape_head(model, model.distilbert, tokenizer, seed, null_bias=1.7)
+    return model
+
+
+def build_mobilebert_model(tokenizer, seed: int) -> MobileBertForQuestionAnswering:
+    torch.manual_seed(seed)
+    config = MobileBertConfig(vocab_size=len(tokenizer), hidden_size=32, embedding_size=16, intermediate_size=32,
+                              true_hidden_size=16, intra_bottleneck_size=16, num_hidden_layers=2,
+                              num_attention_heads=2, num_feedforward_networks=1,
+                              max_position_embeddings=MAX_POSITIONS, type_vocab_size=2,
+                              pad_token_id=tokenizer.pad_token_id)
+    model = MobileBertForQuestionAnswering(config).eval()
+    # Initialisation zeroes the [PAD] embedding; a trained checkpoint's is not zero (it is never an
+    # input in pretraining, so it keeps its random start). Give it one: the trigram embedding reads
+    # each token's right neighbour, which for the last token of a right-padded window is [PAD] where
+    # the unpadded window has zeros.
+    with torch.no_grad():
+        emb = model.mobilebert.embeddings.word_embeddings.weight
+        gen = torch.Generator().manual_seed(seed + 1000)
+        emb[tokenizer.pad_token_id] = torch.randn(emb.shape[1], generator=gen) * emb.std()
+    _shape_head(model, model.mobilebert, tokenizer, seed, null_bias=1.7, unit_states=True)
     return model
 
 
@@ -228,6 +272,12 @@ def build_models(root: Path) -> dict[str, Path]:
         rob_tok = build_roberta_tokenizer(tmp)
         dirs["roberta"] = root / "roberta"
         save(build_roberta_model(rob_tok, seed=13), rob_tok, dirs["roberta"])
+        distil_tok = build_bert_tokenizer(tmp, "right", DistilBertTokenizerFast)
+        dirs["distilbert"] = root / "distilbert"
+        save(build_distilbert_model(distil_tok, seed=14), distil_tok, dirs["distilbert"])
+        mobile_tok = build_bert_tokenizer(tmp, "right", MobileBertTokenizerFast)
+        dirs["mobilebert"] = root / "mobilebert"
+        save(build_mobilebert_model(mobile_tok, seed=15), mobile_tok, dirs["mobilebert"])
     return dirs
 
 
