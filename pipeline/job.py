@@ -123,6 +123,8 @@ def run(spec, progress=None) -> dict:
     if removed:
         progress(f"cleared {removed} file(s) of a previous run under {spec.output.path}")
 
+    # Our own progress lines and summary replace Ray Data's bars and execution-plan logs.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False

@@ -9,7 +9,9 @@ window we keep what span decoding needs: the token offsets, word ids and sequenc
 [CLS] stays, for the null answer). The question is never truncated: with a fast tokenizer the
 pipeline ignores `max_question_len`, so a question that leaves no room for context is an error row.
 
-Forward (device): the start and end logits of each window, float32, trimmed to the window.
+Forward (device): the start and end logits of each window, float32, trimmed to the window (a
+MobileBERT-style trigram embedding gets its padded positions zeroed, so that padding cannot reach the
+window's last token: the pipeline runs windows unpadded).
 
 Postprocess (CPU): the pipeline's `select_starts_ends` / `decode_spans` per window (softmax over the
 window's unmasked tokens, score = P(start) x P(end), `max_answer_len`, `top_k * 2 + 10` candidates as
@@ -179,7 +181,7 @@ class QuestionAnswering(Head):
 
     # ---- device: model stage -------------------------------------------------------------------
     def forward(self, model, inputs, lengths):
-        out = model(**inputs)
+        out = model(**_unpadded_trigram_inputs(model, inputs))
         start = out.start_logits.float().cpu().numpy()
         end = out.end_logits.float().cpu().numpy()
         return {
@@ -244,6 +246,23 @@ class QuestionAnswering(Head):
         answers = sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
         return [{"answer": a["answer"], "score": float(a["score"]), "start": int(a["start"]), "end": int(a["end"])}
                 for a in answers]
+
+
+def _unpadded_trigram_inputs(model, inputs: dict) -> dict:
+    """MobileBERT's trigram embedding (`trigram_input`) concatenates each token's word embedding with
+    its neighbours', zeros past the ends. The pipeline runs each window alone, unpadded; in a
+    right-padded micro-batch the last token's right neighbour is the [PAD] embedding instead (not
+    zero in a trained checkpoint), which shifts every logit of the window. Pass the word embeddings
+    with the padded positions zeroed instead: the model then sees what it sees unpadded."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "trigram_input", False) or "attention_mask" not in inputs:
+        return inputs
+    mask = inputs["attention_mask"]
+    if bool(mask.all()):
+        return inputs
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    embeds = embeds * mask.unsqueeze(-1).to(embeds.dtype)
+    return {k: v for k, v in inputs.items() if k != "input_ids"} | {"inputs_embeds": embeds}
 
 
 def _same_answer(answers: list[dict], target: str) -> dict | None:

@@ -3,8 +3,9 @@
 transformers 5 has no question-answering pipeline, so the reference outputs were computed once with
 4.57 by tests/golden/make_qa_golden.py on tiny seeded models that are committed next to it
 (tests/golden/models/: BERT with WordPiece, the same with a left-padding tokenizer, RoBERTa with a
-byte-level BPE). Here the job's own path (tokenize -> model -> postprocess, in process) runs the same
-models on the same inputs and must give the same windows, answers, character spans and scores.
+byte-level BPE, DistilBERT (no token type ids) and MobileBERT (trigram embeddings) with the same
+WordPiece vocabulary). Here the job's own path (tokenize -> model -> postprocess, in process) runs the
+same models on the same inputs and must give the same windows, answers, character spans and scores.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 GOLDEN = json.loads((GOLDEN_DIR / "qa_golden.json").read_text(encoding="utf-8"))
 MODELS = {name: GOLDEN_DIR / "models" / sub for name, sub in GOLDEN["models"].items()}
 SCORE_TOL = 1e-4
+MODEL_CLASSES = {
+    "bert": "BertForQuestionAnswering",
+    "bert-left": "BertForQuestionAnswering",
+    "roberta": "RobertaForQuestionAnswering",
+    "distilbert": "DistilBertForQuestionAnswering",
+    "mobilebert": "MobileBertForQuestionAnswering",
+}
 
 
 def _spec(model_dir, opts: dict, **model_extra):
@@ -128,7 +136,13 @@ def test_golden_covers_the_hard_cases():
              and c["answers"][0]["answer"] == ""]
     assert nulls and len(nulls) < len(cases) // 2
     assert any("error" in c for c in GOLDEN["cases"])
-    assert {c["model"] for c in cases} == {"bert", "bert-left", "roberta"}
+    assert set(MODELS) == {c["model"] for c in cases} == set(MODEL_CLASSES)
+    for model in MODELS:  # every model under every option set, with long and null-answer cases
+        mine = [c for c in cases if c["model"] == model]
+        assert {c["options"] for c in mine} == set(range(len(GOLDEN["option_sets"]))), model
+        assert any(c["n_windows"] > 3 for c in mine), model
+        if model != "bert-left":  # left padding: the context comes first, [CLS] is rarely the best
+            assert any(c in nulls for c in mine), model
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +171,40 @@ def test_base_model_without_qa_weights_is_refused(base_model_dir):
     assert type(model).__name__ == "BertForQuestionAnswering"
 
 
-def test_golden_model_loads_with_its_head():
-    spec = _spec(MODELS["roberta"], GOLDEN["option_sets"][0])
-    model = load_model(str(MODELS["roberta"]), load_head(spec), spec.model)
-    assert type(model).__name__ == "RobertaForQuestionAnswering"
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_golden_model_loads_with_its_head(name):
+    spec = _spec(MODELS[name], GOLDEN["option_sets"][0])
+    head = load_head(spec)
+    model = load_model(str(MODELS[name]), head, spec.model)
+    assert type(model).__name__ == MODEL_CLASSES[name]
+    # DistilBERT (and RoBERTa) take no token type ids: none are stored or passed.
+    assert head.uses_token_types == (name in ("bert", "bert-left", "mobilebert"))
+
+
+def test_mobilebert_padding_does_not_reach_the_trigram_embedding():
+    """MobileBERT's trigram embedding reads each token's right neighbour: in a right-padded
+    micro-batch the last real token would see [PAD] (non-zero in the golden model, as in trained
+    ones) where the pipeline's unpadded window has zeros. The forward pass must give each window
+    the logits it gets alone."""
+    import numpy as np
+    import torch
+
+    opts = GOLDEN["option_sets"][0]
+    runner = LocalRunner(_spec(MODELS["mobilebert"], opts))
+    model, head = runner.predict.model, runner.predict.head
+    assert model.config.trigram_input
+    assert model.get_input_embeddings().weight[head.tokenizer.pad_token_id].abs().sum() > 0
+    rows = [{"id": k, "question": q, "context": c} for k, (q, c) in enumerate(GOLDEN["pairs"][:3])]
+    table = runner.predict(runner.tokenize(runner.prepare(rows)))
+    assert sum(table.column(C.PADDED_SLOTS).to_pylist()) > 0  # the windows did share a padded batch
+    for ids_per_window, types_per_window, starts in zip(table.column(C.INPUT_IDS).to_pylist(),
+                                                        table.column(C.TOKEN_TYPE_IDS).to_pylist(),
+                                                        table.column(C.out("start")).to_pylist()):
+        for ids, types, ours in zip(ids_per_window, types_per_window, starts):
+            with torch.inference_mode():
+                alone = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types]),
+                              attention_mask=torch.ones(1, len(ids), dtype=torch.long)).start_logits[0]
+            np.testing.assert_allclose(ours, alone.numpy(), atol=1e-4)
 
 
 def test_doc_stride_must_fit_the_model_window():
