@@ -173,6 +173,13 @@ def _build(arch: str, config_cls, tokenizer, out_dir, head: str, *, labels, prob
         model = model_cls(config)
     if sharpen:
         _sharpen(model, head, SHARPEN[head] if sharpen is True else float(sharpen))
+    if getattr(config, "pad_token_id", None) is not None:
+        # transformers zeroes the [PAD] embedding at init; trained checkpoints never keep it zero, and
+        # models that look at neighbours' embeddings (MobileBERT's trigram input) would hide padding bugs.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            emb = model.get_input_embeddings().weight
+            emb[config.pad_token_id] = torch.randn(emb.shape[1]) * emb.std()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

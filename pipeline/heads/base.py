@@ -68,6 +68,10 @@ class Head:
         top-k ids, never logits over the vocabulary."""
         raise NotImplementedError
 
+    def run_model(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], **kwargs):
+        """`model(**inputs)` for a right-padded micro-batch, giving each window what it would get alone."""
+        return model(**unpadded_trigram_inputs(model, inputs), **kwargs)
+
     # ---- CPU: postprocess stage ----------------------------------------------------------------
     def output_schema(self, id_type: pa.DataType) -> pa.Schema:
         raise NotImplementedError
@@ -83,6 +87,24 @@ class Head:
         """Parameter-name prefixes that belong to the head rather than the encoder. A checkpoint missing
         any of them would run with random weights. Default: every missing key counts."""
         return ("",)
+
+
+def unpadded_trigram_inputs(model, inputs: dict) -> dict:
+    """MobileBERT's trigram embedding (`trigram_input`) concatenates each token's word embedding with
+    its neighbours', zeros past the ends. transformers' pipelines run each window alone, unpadded; in a
+    right-padded micro-batch the last token's right neighbour is the [PAD] embedding instead (not
+    zero in a trained checkpoint), which shifts every logit of the window. Pass the word embeddings
+    with the padded positions zeroed instead: the model then sees what it sees unpadded."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "trigram_input", False) or "attention_mask" not in inputs:
+        return inputs
+    mask = inputs["attention_mask"]
+    if bool(mask.all()):
+        return inputs
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    embeds = embeds * mask.unsqueeze(-1).to(embeds.dtype)
+    return {k: v for k, v in inputs.items() if k != "input_ids"} | {"inputs_embeds": embeds}
+
 
 
 _POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mpnet")

@@ -34,7 +34,7 @@ class Embedding(WindowedTextHead):
 
     def _hidden(self, model, inputs):
         layer = self.options.layer
-        out = model(**inputs, output_hidden_states=layer is not None)
+        out = self.run_model(model, inputs, output_hidden_states=layer is not None)
         hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
         return out, hidden.float()
 

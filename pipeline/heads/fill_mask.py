@@ -158,7 +158,7 @@ class FillMask(WindowedTextHead):
 
             handle = base.register_forward_hook(gather_masks)
             try:
-                logits = model(**inputs).logits
+                logits = self.run_model(model, inputs).logits
             finally:
                 handle.remove()
             n_masks = int(is_mask.sum())
@@ -167,7 +167,7 @@ class FillMask(WindowedTextHead):
             log.warning("fill-mask: %s does not apply its LM head to the encoder output as expected; running the "
                         "head over every position instead", type(model).__name__)
             self.mask_only_head = False
-        return model(**inputs).logits[is_mask]
+        return self.run_model(model, inputs).logits[is_mask]
 
     def _targets_on(self, device) -> torch.Tensor:
         t = self._target_tensors.get(device)

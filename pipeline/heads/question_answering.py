@@ -181,7 +181,7 @@ class QuestionAnswering(Head):
 
     # ---- device: model stage -------------------------------------------------------------------
     def forward(self, model, inputs, lengths):
-        out = model(**_unpadded_trigram_inputs(model, inputs))
+        out = self.run_model(model, inputs)
         start = out.start_logits.float().cpu().numpy()
         end = out.end_logits.float().cpu().numpy()
         return {
@@ -246,23 +246,6 @@ class QuestionAnswering(Head):
         answers = sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
         return [{"answer": a["answer"], "score": float(a["score"]), "start": int(a["start"]), "end": int(a["end"])}
                 for a in answers]
-
-
-def _unpadded_trigram_inputs(model, inputs: dict) -> dict:
-    """MobileBERT's trigram embedding (`trigram_input`) concatenates each token's word embedding with
-    its neighbours', zeros past the ends. The pipeline runs each window alone, unpadded; in a
-    right-padded micro-batch the last token's right neighbour is the [PAD] embedding instead (not
-    zero in a trained checkpoint), which shifts every logit of the window. Pass the word embeddings
-    with the padded positions zeroed instead: the model then sees what it sees unpadded."""
-    config = getattr(model, "config", None)
-    if not getattr(config, "trigram_input", False) or "attention_mask" not in inputs:
-        return inputs
-    mask = inputs["attention_mask"]
-    if bool(mask.all()):
-        return inputs
-    embeds = model.get_input_embeddings()(inputs["input_ids"])
-    embeds = embeds * mask.unsqueeze(-1).to(embeds.dtype)
-    return {k: v for k, v in inputs.items() if k != "input_ids"} | {"inputs_embeds": embeds}
 
 
 def _same_answer(answers: list[dict], target: str) -> dict | None:

@@ -113,7 +113,7 @@ class SequenceClassification(WindowedTextHead):
 
     # ---- model -----------------------------------------------------------------------------------
     def forward(self, model, inputs, lengths):
-        logits = model(**inputs).logits.float().cpu().numpy()
+        logits = self.run_model(model, inputs).logits.float().cpu().numpy()
         return {"logits": [logits[i] for i in range(len(logits))]}
 
     # ---- postprocess -----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ class TokenClassification(WindowedTextHead):
         self.granularity = ctx.spec.output.granularity
 
     def forward(self, model, inputs, lengths):
-        logits = model(**inputs).logits.float()
+        logits = self.run_model(model, inputs).logits.float()
         probs = torch.softmax(logits, dim=-1).cpu().numpy()
         return {"probs": [probs[i, : lengths[i]] for i in range(len(lengths))]}
 

@@ -223,8 +223,9 @@ def test_mask_only_head_equals_full_head(model_type):
     inputs = {"input_ids": ids, "attention_mask": attention}
     is_mask = ids == mask_id
 
-    class Stub:  # the two attributes mask_logits reads
+    class Stub:  # the attributes mask_logits reads
         mask_only_head = True
+        run_model = staticmethod(lambda model, inputs: model(**inputs))
 
     with torch.no_grad():
         fast = FillMask.mask_logits(Stub, model, inputs, is_mask)
