@@ -3,13 +3,13 @@ with transformers' pipeline (stride) away from the overlaps."""
 
 import importlib.resources
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
 
+from jobs.long_doc_agreement import overlap_spans, touches
 from pipeline.local import LocalRunner
 from pipeline.spec import spec_from_dict
 from pipeline.windows import encode_windows
@@ -141,15 +141,6 @@ def test_entity_across_a_window_edge_comes_out_whole(oracle_model_dir, tokenizer
     assert any(group == "PER" and word in name for group, word in their_spans)
 
 
-def _overlap_chars(doc):
-    """Character ranges of tokens that sit in more than one window."""
-    counts = np.zeros(len(doc.token_ids), dtype=int)
-    for s, n in zip(doc.window_starts, doc.window_lengths):
-        counts[s : s + n] += 1
-    shared = np.nonzero(counts > 1)[0]
-    return [(int(doc.starts[i]), int(doc.ends[i])) for i in shared]
-
-
 @pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
 def test_equal_to_the_pipeline_away_from_overlaps(random_model_dir, tokenizer, strategy):
     texts = [ENGLISH * 3, ENGLISH * 20, "Paris " + ENGLISH, CHINESE * 6]
@@ -161,12 +152,10 @@ def test_equal_to_the_pipeline_away_from_overlaps(random_model_dir, tokenizer, s
     equal = total = 0
     for text, entities in zip(texts, ours.column("entities").to_pylist()):
         (doc,) = encode_windows(tokenizer, [text], max_length, stride)
-        overlaps = _overlap_chars(doc)
+        overlaps = overlap_spans(doc)
 
         def clear(e):
-            # An entity whose span touches no overlap token (nor the tokens next to one: scores of
-            # words that reach into an overlap come from another window).
-            return all(e["end"] + 1 < s or e["start"] > t + 1 for s, t in overlaps)
+            return not touches((e["entity_group"], e["start"], e["end"]), overlaps)
 
         mine = {(e["entity_group"], e["start"], e["end"]): e["score"] for e in entities if clear(e)}
         theirs = {(e["entity_group"], e["start"], e["end"]): float(e["score"]) for e in pipe(text) if clear(e)}
