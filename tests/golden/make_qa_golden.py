@@ -8,15 +8,18 @@ Run it with a transformers 4.57 venv, NOT the project's:
 
 It builds tiny seeded question-answering models with reproducible tokenizers (a WordPiece vocabulary
 written from a fixed word list; a byte-level BPE trained on fixed text) -- BERT (and the same with a
-left-padding tokenizer), RoBERTa, DistilBERT (no token type ids) and MobileBERT (trigram embeddings,
-bottlenecks, NoNorm) -- saves them with
+left-padding tokenizer), RoBERTa, DistilBERT (no token type ids), MobileBERT (trigram embeddings,
+bottlenecks, NoNorm), ELECTRA, and XLM-R and DeBERTa-v2 over a SentencePiece Unigram vocabulary
+trained on the same text (stand-alone "▁" pieces, unknown characters) -- saves them with
 `save_pretrained` under the directory given (committed: the project's transformers 5 loads the very
 same files), runs `pipeline("question-answering")` on fixed (question, context) pairs under several
 option sets and writes `qa_golden.json` next to this script: inputs, options, a fingerprint of the
 pipeline's windows (input ids, offsets, word and sequence ids) and its answers, or its error.
 
 Everything is seeded and the tokenizers are built from fixed text: rerunning it rewrites identical
-files (checked with tokenizers 0.22.2, torch 2.13.0, numpy 2.4.6). Takes under a minute.
+files on the same machine (checked with tokenizers 0.22.2, torch 2.13.0, numpy 2.4.6); another CPU's
+kernels can move the weights and scores in the last bits (~1e-8), which the test's tolerance absorbs.
+Takes under a minute.
 """
 
 from __future__ import annotations
@@ -33,12 +36,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from tokenizers import ByteLevelBPETokenizer, normalizers, pre_tokenizers
+from tokenizers import ByteLevelBPETokenizer, Regex, SentencePieceUnigramTokenizer, Tokenizer, decoders, models
+from tokenizers import normalizers, pre_tokenizers, processors
 from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForQuestionAnswering,
     BertTokenizerFast,
+    DebertaV2Config,
+    DebertaV2ForQuestionAnswering,
+    DebertaV2TokenizerFast,
+    ElectraConfig,
+    ElectraForQuestionAnswering,
+    ElectraTokenizerFast,
     DistilBertConfig,
     DistilBertForQuestionAnswering,
     DistilBertTokenizerFast,
@@ -48,6 +58,9 @@ from transformers import (
     RobertaConfig,
     RobertaForQuestionAnswering,
     RobertaTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaForQuestionAnswering,
+    XLMRobertaTokenizerFast,
     pipeline,
 )
 
@@ -172,6 +185,50 @@ def build_roberta_tokenizer(tmp: Path) -> RobertaTokenizerFast:
                                 model_max_length=MAX_POSITIONS)
 
 
+def build_unigram_tokenizer(specials: list[str], unk: str, single: str, pair: str, normalizer, pre_tokenizer) -> Tokenizer:
+    """A SentencePiece-style tokenizer (Unigram over "▁"-marked words): a vocabulary trained on the
+    corpus, `specials` first, the family's template post-processor, and the normaliser and
+    pre-tokeniser that transformers 5 builds for the family (it rebuilds them from the tokenizer class
+    and ignores those saved in tokenizer.json), so that both versions tokenize alike."""
+    trainer = SentencePieceUnigramTokenizer()
+    trainer.train_from_iterator(corpus() * 3, vocab_size=300, special_tokens=specials, unk_token=unk,
+                                show_progress=False)
+    vocab = [tuple(v) for v in json.loads(trainer._tokenizer.to_str())["model"]["vocab"]]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=specials.index(unk), byte_fallback=False))
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    ids = {t: specials.index(t) for t in specials}
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, ids[t]) for t in set((single + " " + pair).split())
+                                                  if t in ids])
+    return tok
+
+
+def build_xlm_roberta_tokenizer() -> XLMRobertaTokenizerFast:
+    # transformers 5's XLMRobertaTokenizer: no normaliser, whitespace split, then Metaspace.
+    tok = build_unigram_tokenizer(
+        ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<unk>", "<s> $A </s>", "<s> $A </s> </s> $B </s>",
+        normalizer=None,
+        pre_tokenizer=pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                               pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]))
+    return XLMRobertaTokenizerFast(tokenizer_object=tok, model_max_length=MAX_POSITIONS)
+
+
+def build_deberta_v2_tokenizer() -> DebertaV2TokenizerFast:
+    # transformers 5's DebertaV2Tokenizer: whitespace runs and \n\r\t become one space, NFC, trailing
+    # spaces stripped; then Metaspace.
+    tok = build_unigram_tokenizer(
+        ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], "[UNK]", "[CLS] $A [SEP]", "[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1",
+        normalizer=normalizers.Sequence([normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
+                                         normalizers.Strip(left=False, right=True)]),
+        pre_tokenizer=pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"))
+    return DebertaV2TokenizerFast(tokenizer_object=tok, model_max_length=MAX_POSITIONS, bos_token="[CLS]",
+                                  eos_token="[SEP]", unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                  cls_token="[CLS]", mask_token="[MASK]")
+
+
 def _shape_head(model, base, tokenizer, seed: int, null_bias: float, unit_states: bool = False) -> None:
     """A random head gives near-uniform probabilities and never prefers the null answer. Spread the
     logits (spans well separated, so batching noise cannot reorder them) and lean both start and end
@@ -252,6 +309,39 @@ def build_mobilebert_model(tokenizer, seed: int) -> MobileBertForQuestionAnsweri
     return model
 
 
+def build_xlm_roberta_model(tokenizer, seed: int) -> XLMRobertaForQuestionAnswering:
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=37, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1,
+                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id)
+    model = XLMRobertaForQuestionAnswering(config).eval()
+    _shape_head(model, model.roberta, tokenizer, seed, null_bias=1.2)
+    return model
+
+
+def build_deberta_v2_model(tokenizer, seed: int) -> DebertaV2ForQuestionAnswering:
+    torch.manual_seed(seed)
+    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=37, max_position_embeddings=MAX_POSITIONS, type_vocab_size=0,
+                             relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"],
+                             position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
+                             pad_token_id=tokenizer.pad_token_id)
+    model = DebertaV2ForQuestionAnswering(config).eval()
+    _shape_head(model, model.deberta, tokenizer, seed, null_bias=1.4)
+    return model
+
+
+def build_electra_model(tokenizer, seed: int) -> ElectraForQuestionAnswering:
+    torch.manual_seed(seed)
+    config = ElectraConfig(vocab_size=len(tokenizer), embedding_size=32, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=37, max_position_embeddings=MAX_POSITIONS,
+                           type_vocab_size=2, pad_token_id=tokenizer.pad_token_id)
+    model = ElectraForQuestionAnswering(config).eval()
+    _shape_head(model, model.electra, tokenizer, seed, null_bias=1.7)
+    return model
+
+
 def save(model, tokenizer, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
@@ -280,6 +370,15 @@ def build_models(root: Path) -> dict[str, Path]:
         mobile_tok = build_bert_tokenizer(tmp, "right", MobileBertTokenizerFast)
         dirs["mobilebert"] = root / "mobilebert"
         save(build_mobilebert_model(mobile_tok, seed=15), mobile_tok, dirs["mobilebert"])
+        electra_tok = build_bert_tokenizer(tmp, "right", ElectraTokenizerFast)
+        dirs["electra"] = root / "electra"
+        save(build_electra_model(electra_tok, seed=16), electra_tok, dirs["electra"])
+        xlmr_tok = build_xlm_roberta_tokenizer()
+        dirs["xlm-roberta"] = root / "xlm-roberta"
+        save(build_xlm_roberta_model(xlmr_tok, seed=17), xlmr_tok, dirs["xlm-roberta"])
+        deberta_tok = build_deberta_v2_tokenizer()
+        dirs["deberta-v2"] = root / "deberta-v2"
+        save(build_deberta_v2_model(deberta_tok, seed=18), deberta_tok, dirs["deberta-v2"])
     return dirs
 
 

@@ -3,8 +3,8 @@
 transformers 5 has no question-answering pipeline, so the reference outputs were computed once with
 4.57 by tests/golden/make_qa_golden.py on tiny seeded models that are committed next to it
 (tests/golden/models/: BERT with WordPiece, the same with a left-padding tokenizer, RoBERTa with a
-byte-level BPE, DistilBERT (no token type ids) and MobileBERT (trigram embeddings) with the same
-WordPiece vocabulary). Here the job's own path (tokenize -> model -> postprocess, in process) runs the
+byte-level BPE, DistilBERT (no token type ids), MobileBERT (trigram embeddings) and ELECTRA with the
+same WordPiece vocabulary, XLM-R and DeBERTa-v2 with a SentencePiece Unigram vocabulary). Here the job's own path (tokenize -> model -> postprocess, in process) runs the
 same models on the same inputs and must give the same windows, answers, character spans and scores.
 """
 
@@ -40,6 +40,9 @@ MODEL_CLASSES = {
     "roberta": "RobertaForQuestionAnswering",
     "distilbert": "DistilBertForQuestionAnswering",
     "mobilebert": "MobileBertForQuestionAnswering",
+    "electra": "ElectraForQuestionAnswering",
+    "xlm-roberta": "XLMRobertaForQuestionAnswering",
+    "deberta-v2": "DebertaV2ForQuestionAnswering",
 }
 
 
@@ -177,8 +180,9 @@ def test_golden_model_loads_with_its_head(name):
     head = load_head(spec)
     model = load_model(str(MODELS[name]), head, spec.model)
     assert type(model).__name__ == MODEL_CLASSES[name]
-    # DistilBERT (and RoBERTa) take no token type ids: none are stored or passed.
-    assert head.uses_token_types == (name in ("bert", "bert-left", "mobilebert"))
+    # DistilBERT, RoBERTa and XLM-R take no token type ids (their tokenizers make none): none are
+    # stored or passed.
+    assert head.uses_token_types == (name in ("bert", "bert-left", "mobilebert", "electra", "deberta-v2"))
 
 
 def test_mobilebert_padding_does_not_reach_the_trigram_embedding():
