@@ -105,3 +105,16 @@ def test_pooler_is_refused_for_a_checkpoint_without_one(tmp_path):
         _runner(str(tmp_path), {"pooling": "pooler"})
     results, _ = _runner(str(tmp_path), {"pooling": "mean"}).run([{"id": 0, "text": "fine"}])
     assert len(results.column("embedding")[0]) == 32
+
+
+def test_token_vectors_equal_the_feature_extraction_pipeline():
+    """Per-token vectors are what transformers' `feature-extraction` pipeline returns for the same
+    text, special tokens left out."""
+    from transformers import pipeline
+
+    extract = pipeline("feature-extraction", model=MINILM, tokenizer=MINILM)
+    results, _ = _runner(MINILM, granularity="token").run([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    ids = np.array(results.column("id").to_pylist())
+    for i, text in enumerate(TEXTS):
+        expected = np.asarray(extract(text)[0], dtype=np.float32)[1:-1]  # without [CLS] and [SEP]
+        np.testing.assert_allclose(_embeddings(results.filter(ids == i)), expected, atol=1e-4)
