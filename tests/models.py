@@ -247,15 +247,19 @@ def build_distilbert(out_dir, head: str = "base", *, labels=None, problem_type=N
                   head, labels=labels, problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=kw)
 
 
+def _roberta_config(tok, config: dict) -> dict:
+    """RoBERTa-style config fields: positions numbered from pad_token_id + 1, one token type."""
+    return dict(TINY, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id) | config
+
+
 def build_roberta(out_dir, head: str = "base", *, labels=None, problem_type=None, seed: int = 0,
                   sharpen: bool | float = True, **config) -> Path:
     """RoBERTa (byte-level BPE, no token_type_ids, positions numbered from pad_token_id + 1).
     `config` overrides RobertaConfig fields."""
     tok = bpe_tokenizer()
-    kw = dict(TINY, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1, bos_token_id=tok.bos_token_id,
-              eos_token_id=tok.eos_token_id) | config
     return _build("Roberta", transformers.RobertaConfig, tok, out_dir, head, labels=labels,
-                  problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=kw)
+                  problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=_roberta_config(tok, config))
 
 
 def build_xlm_roberta(out_dir, head: str = "base", *, labels=None, problem_type=None, seed: int = 0,
@@ -263,10 +267,8 @@ def build_xlm_roberta(out_dir, head: str = "base", *, labels=None, problem_type=
     """XLM-R (SentencePiece Unigram with "▁" word starts, no token_type_ids). `config` overrides
     XLMRobertaConfig fields."""
     tok = xlm_roberta_tokenizer()
-    kw = dict(TINY, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1, bos_token_id=tok.bos_token_id,
-              eos_token_id=tok.eos_token_id) | config
     return _build("XLMRoberta", transformers.XLMRobertaConfig, tok, out_dir, head, labels=labels,
-                  problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=kw)
+                  problem_type=problem_type, seed=seed, sharpen=sharpen, config_kwargs=_roberta_config(tok, config))
 
 
 def build_deberta_v2(out_dir, head: str = "base", *, labels=None, problem_type=None, seed: int = 0,
