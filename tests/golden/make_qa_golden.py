@@ -256,33 +256,36 @@ def _shape_head(model, base, tokenizer, seed: int, null_bias: float, unit_states
         model.qa_outputs.bias.zero_()
 
 
-def build_bert_model(tokenizer, seed: int) -> BertForQuestionAnswering:
+SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+
+
+def _qa_model(model_cls, config_cls, tokenizer, seed: int, null_bias: float, **config):
+    """A seeded tiny `model_cls` over `tokenizer`'s vocabulary, its head shaped by `_shape_head`."""
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=MAX_POSITIONS, type_vocab_size=2)
-    model = BertForQuestionAnswering(config).eval()
-    _shape_head(model, model.bert, tokenizer, seed, null_bias=1.7)
+    model = model_cls(config_cls(vocab_size=len(tokenizer), **config)).eval()
+    _shape_head(model, model.base_model, tokenizer, seed, null_bias=null_bias)
     return model
+
+
+def _roberta_like(tokenizer) -> dict:
+    """RoBERTa / XLM-R config fields: positions numbered from pad_token_id + 1, one token type."""
+    return dict(SIZE, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+def build_bert_model(tokenizer, seed: int) -> BertForQuestionAnswering:
+    return _qa_model(BertForQuestionAnswering, BertConfig, tokenizer, seed, 1.7, **SIZE,
+                     max_position_embeddings=MAX_POSITIONS, type_vocab_size=2)
 
 
 def build_roberta_model(tokenizer, seed: int) -> RobertaForQuestionAnswering:
-    torch.manual_seed(seed)
-    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=37, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1,
-                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                           eos_token_id=tokenizer.eos_token_id)
-    model = RobertaForQuestionAnswering(config).eval()
-    _shape_head(model, model.roberta, tokenizer, seed, null_bias=1.2)
-    return model
+    return _qa_model(RobertaForQuestionAnswering, RobertaConfig, tokenizer, seed, 1.2, **_roberta_like(tokenizer))
 
 
 def build_distilbert_model(tokenizer, seed: int) -> DistilBertForQuestionAnswering:
-    torch.manual_seed(seed)
-    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=37,
-                              max_position_embeddings=MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id)
-    model = DistilBertForQuestionAnswering(config).eval()
-    _shape_head(model, model.distilbert, tokenizer, seed, null_bias=1.4)
-    return model
+    return _qa_model(DistilBertForQuestionAnswering, DistilBertConfig, tokenizer, seed, 1.4, dim=32, n_layers=2,
+                     n_heads=2, hidden_dim=37, max_position_embeddings=MAX_POSITIONS,
+                     pad_token_id=tokenizer.pad_token_id)
 
 
 def build_mobilebert_model(tokenizer, seed: int) -> MobileBertForQuestionAnswering:
@@ -308,36 +311,20 @@ def build_mobilebert_model(tokenizer, seed: int) -> MobileBertForQuestionAnsweri
 
 
 def build_xlm_roberta_model(tokenizer, seed: int) -> XLMRobertaForQuestionAnswering:
-    torch.manual_seed(seed)
-    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=37, max_position_embeddings=MAX_POSITIONS + 2, type_vocab_size=1,
-                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                              eos_token_id=tokenizer.eos_token_id)
-    model = XLMRobertaForQuestionAnswering(config).eval()
-    _shape_head(model, model.roberta, tokenizer, seed, null_bias=1.2)
-    return model
+    return _qa_model(XLMRobertaForQuestionAnswering, XLMRobertaConfig, tokenizer, seed, 1.2,
+                     **_roberta_like(tokenizer))
 
 
 def build_deberta_v2_model(tokenizer, seed: int) -> DebertaV2ForQuestionAnswering:
-    torch.manual_seed(seed)
-    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=37, max_position_embeddings=MAX_POSITIONS, type_vocab_size=0,
-                             relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"],
-                             position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
-                             pad_token_id=tokenizer.pad_token_id)
-    model = DebertaV2ForQuestionAnswering(config).eval()
-    _shape_head(model, model.deberta, tokenizer, seed, null_bias=1.4)
-    return model
+    return _qa_model(DebertaV2ForQuestionAnswering, DebertaV2Config, tokenizer, seed, 1.4, **SIZE,
+                     max_position_embeddings=MAX_POSITIONS, type_vocab_size=0, relative_attention=True,
+                     position_buckets=16, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                     norm_rel_ebd="layer_norm", share_att_key=True, pad_token_id=tokenizer.pad_token_id)
 
 
 def build_electra_model(tokenizer, seed: int) -> ElectraForQuestionAnswering:
-    torch.manual_seed(seed)
-    config = ElectraConfig(vocab_size=len(tokenizer), embedding_size=32, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=37, max_position_embeddings=MAX_POSITIONS,
-                           type_vocab_size=2, pad_token_id=tokenizer.pad_token_id)
-    model = ElectraForQuestionAnswering(config).eval()
-    _shape_head(model, model.electra, tokenizer, seed, null_bias=1.7)
-    return model
+    return _qa_model(ElectraForQuestionAnswering, ElectraConfig, tokenizer, seed, 1.7, **SIZE, embedding_size=32,
+                     max_position_embeddings=MAX_POSITIONS, type_vocab_size=2, pad_token_id=tokenizer.pad_token_id)
 
 
 def save(model, tokenizer, out: Path) -> None:
