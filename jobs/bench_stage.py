@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    from jobs.bench import _default_model
+    from jobs.bench import _default_model, padding_waste
     from jobs.corpus import documents
+    from pipeline.batching import pad_batch
     from pipeline.local import LocalRunner
     from pipeline.spec import spec_from_dict
 
@@ -83,19 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     def padded():
         with torch.inference_mode():
             for i in range(0, len(windows), 32):
-                chunk = windows[i : i + 32]
-                longest = max(len(w) for w in chunk)
-                ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for j, w in enumerate(chunk):
-                    ids[j, : len(w)] = torch.from_numpy(w)
-                    mask[j, : len(w)] = 1
-                model(input_ids=ids.to(args.device), attention_mask=mask.to(args.device)).logits.argmax(-1)
+                ids, mask = pad_batch(windows[i : i + 32], pad_id)
+                model(input_ids=torch.from_numpy(ids).to(args.device),
+                      attention_mask=torch.from_numpy(mask).to(args.device)).logits.argmax(-1)
 
     seconds = _time(padded, args.device)
     lengths = [len(w) for w in windows]
-    pads = sum(max(lengths[i : i + 32]) * len(lengths[i : i + 32]) - sum(lengths[i : i + 32]) for i in range(0, len(lengths), 32))
-    results["padded fp32, batch 32"] = (seconds, sum(lengths), pads / sum(lengths), "torch.float32")
+    results["padded fp32, batch 32"] = (seconds, sum(lengths), padding_waste(lengths, 32), "torch.float32")
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device: {device_name}; model: {model_dir}; {len(texts)} documents; budget {budget} tokens")
