@@ -1,31 +1,46 @@
-"""Reading input shards into rows: Parquet and JSONL (.gz too), local or `s3://`.
+"""Reading input shards into rows: Parquet and JSONL (gzip, bz2, zstd too), local or `s3://`.
 
-Shards are listed on the driver (so `validate` can say the input is unreachable before anything
-runs), then each shard is read by one task. Reading per shard keeps each row's place in its shard,
-which gives stable ids when the input has none, and lets a bad JSON line become one error row
-instead of failing the whole file (pyarrow's JSON reader fails a file on one mistyped value).
-Rows that cannot be processed (null id, null / empty / non-string text) are marked here with a
-reason and travel on as error rows; nothing is dropped.
+Shards are listed on the driver (so `validate` can say the input is unreachable, or holds files of
+unknown format, before anything runs), then each shard is read by one task. Reading per shard keeps
+each row's place in its shard, which gives stable ids when the input has none, and lets a bad JSON line
+become one error row instead of failing the whole file (pyarrow's JSON reader fails a file on one
+mistyped value). Rows that cannot be processed (bad id, null / empty / non-string text) are marked here
+with a reason and travel on as error rows; nothing is dropped. A file that cannot be read at all raises
+ShardUnreadable: its row count is unknown, so no error row could stand for it honestly.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
-from dataclasses import dataclass
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import columns as C
-from pipeline.storage import filesystem_for, protocol_of, with_protocol
+from pipeline.storage import filesystem_for, strip_protocol, with_protocol
 
 READ_BATCH_ROWS = 4096
+READ_CHUNK_BYTES = 1 << 20
+PROBE_THREADS = 16  # id-type probes are one small read each; on S3 their latency, not bandwidth, adds up
+
+DATA_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}  # fsspec names
 
 
 class InputError(ValueError):
     """The input cannot be read at all; the message names the path and what to do."""
+
+
+class ShardUnreadable(Exception):
+    """One shard cannot be read (open failed, corrupt footer, page or stream); the message is one
+    sentence naming the file and the reason. Rows yielded before it are not to be trusted as a whole."""
 
 
 @dataclass(frozen=True)
@@ -33,54 +48,106 @@ class Shard:
     index: int
     path: str  # with protocol for remote files
     format: str  # "parquet" | "jsonl"
+    compression: str | None = None  # fsspec's name: "gzip" | "bz2" | "zstd"
+    key: str = ""  # the stem of this shard's output files: unique in its listing, deterministic
+    identity: dict = field(default_factory=dict)  # {"size", "etag"} or {"size", "mtime"}: what resume compares
 
     @property
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def infer_format(path: str) -> str | None:
-    p = path.lower()
-    if p.endswith(".parquet") or p.endswith(".pq"):
-        return "parquet"
-    for ext in (".jsonl", ".json", ".ndjson"):
-        if p.endswith(ext) or p.endswith(ext + ".gz"):
-            return "jsonl"
-    return None
+def _split_name(name: str) -> tuple[str, str | None, str | None]:
+    """(stem, format, compression) from a file name; format None when the extensions do not say."""
+    lower = name.lower()
+    compression = next((c for ext, c in COMPRESSIONS.items() if lower.endswith(ext)), None)
+    if compression:
+        cut = name.rindex(".")
+        name, lower = name[:cut], lower[:cut]
+    for ext, fmt in DATA_EXTENSIONS.items():
+        if lower.endswith(ext):
+            # Parquet compresses inside the file; a compressed Parquet file is not a format we infer.
+            return name[: -len(ext)], None if fmt == "parquet" and compression else fmt, compression
+    return name, None, compression
 
 
 def list_shards(input_spec, storage=None) -> list[Shard]:
     path = input_spec.path
     fs = filesystem_for(path, storage)
-    bare = path.split("://", 1)[1] if "://" in path else path
+    bare = strip_protocol(path)
+    root = fs._strip_protocol(path)  # normalised as listings name files (local: absolute)
+    named = False  # a single file named by the path is read even if its name looks hidden
     try:
         if any(ch in bare for ch in "*?["):
-            found = sorted(fs.glob(bare))
+            found = fs.glob(bare, detail=True)
+            root = re.split(r"[*?\[]", root, maxsplit=1)[0].rpartition("/")[0]
         elif fs.isdir(bare):
-            found = sorted(f for f in fs.find(bare) if not _hidden(f[len(bare.rstrip('/')) :]))
-        elif fs.exists(bare):
-            found = [bare]
+            found = fs.find(bare, detail=True)
         else:
-            found = []
+            try:
+                info = fs.info(bare)
+            except FileNotFoundError:
+                found = {}
+            else:
+                found = {info["name"]: info}
+            root, named = root.rpartition("/")[0], True
     except (OSError, PermissionError) as e:
         raise InputError(f"input.path: cannot list {path} ({e})") from None
     except Exception as e:  # noqa: BLE001 - botocore errors are not OSErrors
         raise InputError(f"input.path: cannot list {path} ({type(e).__name__}: {e})") from None
-    shards = []
-    for f in found:
-        fmt = input_spec.format or infer_format(f)
-        if fmt is None:
-            if input_spec.format is None and fs.isdir(bare):
-                continue  # a directory may hold other files (a README, _SUCCESS); skip what is not data
-            raise InputError(f"input.format: cannot tell the format of {f}; set input.format to parquet or jsonl")
-        shards.append(Shard(len(shards), with_protocol(f, path), fmt))
-    if not shards:
+
+    files = []  # (relative name, info, stem, format, compression)
+    for name in sorted(found):
+        info = found[name]
+        rel = name[len(root) :].lstrip("/")
+        if info.get("type") != "file" or (not named and _hidden(rel)):
+            continue  # markers and dot-files (_SUCCESS, .DS_Store) beside the data
+        stem, fmt, compression = _split_name(rel)
+        files.append((rel, info, stem, input_spec.format or fmt, compression))
+    unknown = [rel for rel, _, _, fmt, _ in files if fmt is None]
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise InputError(
+            f"input.format: cannot tell the format of {', '.join(unknown[:3])}{more} in {path}; "
+            "set input.format to parquet or jsonl, or move those files out of the input"
+        )
+    if not files:
         raise InputError(f"input.path: no input files match {path}")
-    return shards
+    keys = _unique_keys([(rel, stem) for rel, _, stem, _, _ in files])
+    return [
+        Shard(i, with_protocol(info["name"], path), fmt, compression, key, _identity(info))
+        for i, ((_, info, _, fmt, compression), key) in enumerate(zip(files, keys))
+    ]
 
 
 def _hidden(rel: str) -> bool:
     return any(part.startswith(("_", ".")) for part in rel.split("/") if part)
+
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.replace("/", "__"))
+
+
+def _unique_keys(names: list[tuple[str, str]]) -> list[str]:
+    """Output stems for (relative name, stem) pairs. Stems that collide (x.jsonl and x.parquet) keep
+    their extensions; names that still collide (`a b` and `a_b` sanitize alike) get a hash of the name."""
+    keys = [_sanitize(stem) for _, stem in names]
+    counts = Counter(keys)
+    keys = [key if counts[key] == 1 else _sanitize(rel) for key, (rel, _) in zip(keys, names)]
+    counts = Counter(keys)
+    return [
+        key if counts[key] == 1 else f"{key}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
+        for key, (rel, _) in zip(keys, names)
+    ]
+
+
+def _identity(info: dict) -> dict:
+    # An ETag changes with the content (S3); elsewhere size and modification time stand for it.
+    etag = info.get("ETag")
+    if etag:
+        return {"size": int(info["size"]), "etag": str(etag)}
+    mtime = info.get("mtime")
+    return {"size": int(info["size"]), "mtime": None if mtime is None else float(mtime)}
 
 
 def row_problem(row: dict, text_columns: list[str]) -> str | None:
@@ -96,6 +163,89 @@ def row_problem(row: dict, text_columns: list[str]) -> str | None:
         if not value.strip():
             return f"{col} is empty"
     return None
+
+
+# -- reading bytes: every I/O or decoding failure becomes ShardUnreadable ----------------------------
+def _reason(e: BaseException) -> str:
+    # The type says what a bare message cannot (s3fs's FileNotFoundError carries only the path).
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+@contextmanager
+def _open(shard: Shard, storage):
+    fs = filesystem_for(shard.path, storage)
+    try:
+        f = fs.open(strip_protocol(shard.path), "rb", compression=shard.compression)
+    except Exception as e:  # noqa: BLE001 - permission, missing file, any S3 error
+        raise ShardUnreadable(f"{shard.name}: cannot be opened ({_reason(e)})") from e
+    with f:
+        yield f
+
+
+def _parquet_file(f, shard: Shard) -> pq.ParquetFile:
+    try:
+        # Page checksums, where the writer stored them (parquet-mr does), catch corruption that still
+        # decodes, e.g. flipped bytes inside an uncompressed text value.
+        return pq.ParquetFile(f, page_checksum_verification=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt footer or a failed read
+        raise ShardUnreadable(f"{shard.name}: not a readable Parquet file ({_reason(e)})") from e
+
+
+def _lines(shard: Shard, storage) -> Iterator[tuple[int, bytes]]:
+    """(1-based physical line number, line) of the decompressed bytes, split on b"\\n" only: a raw
+    b"\\r" inside a line is not a break, so the reader sees exactly the lines the file holds."""
+    line_no = 0
+    with _open(shard, storage) as f:
+        tail = b""
+        while True:
+            try:
+                chunk = f.read(READ_CHUNK_BYTES)
+            except Exception as e:  # noqa: BLE001 - truncated / corrupt stream, failed read
+                what = f"truncated or corrupt {shard.compression} data" if shard.compression else "read failed"
+                where = f"after line {line_no}" if line_no else "at the start"
+                raise ShardUnreadable(f"{shard.name}: {what} {where} ({_reason(e)})") from e
+            if not chunk:
+                break
+            *complete, tail = (tail + chunk).split(b"\n")
+            for line in complete:
+                line_no += 1
+                yield line_no, line
+        if tail:
+            yield line_no + 1, tail
+
+
+def _parse(line: bytes) -> tuple[dict | None, str | None]:
+    """The JSON object on a line, or None and why not."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not valid UTF-8 ({e.reason})"
+    try:
+        # strict=False: raw control characters (a tab, a lone \r) inside strings are text, not errors.
+        obj = json.loads(text, strict=False)
+    except ValueError as e:
+        return None, f"invalid JSON ({e})"
+    if not isinstance(obj, dict):
+        return None, f"invalid JSON (expected a JSON object, got {type(obj).__name__})"
+    return obj, None
+
+
+def _objects(shard: Shard, storage) -> Iterator[dict]:
+    """The shard's JSON objects, skipping blank and bad lines: for peeking at the first ones."""
+    for _, line in _lines(shard, storage):
+        if line.strip():
+            obj, _ = _parse(line)
+            if obj is not None:
+                yield obj
+
+
+def shard_columns(shard: Shard, storage=None) -> list[str]:
+    """The shard's column names: the Parquet schema's, or the keys of the first JSON object."""
+    if shard.format == "parquet":
+        with _open(shard, storage) as f:
+            return _parquet_file(f, shard).schema_arrow.names
+    with closing(_objects(shard, storage)) as objects:
+        return list(next(objects, {}))
 
 
 class ShardReader:
@@ -116,27 +266,30 @@ class ShardReader:
         self.id_type = id_type
 
     def read(self, shard: Shard) -> Iterator[pa.Table]:
-        fs = filesystem_for(shard.path, self.storage)
-        bare = shard.path.split("://", 1)[1] if "://" in shard.path else shard.path
+        """Batches of the shard's rows; raises ShardUnreadable when the file cannot be read to its end."""
         if shard.format == "parquet":
-            yield from self._read_parquet(fs, bare, shard)
+            yield from self._read_parquet(shard)
         else:
-            yield from self._read_jsonl(fs, bare, shard)
+            yield from self._read_jsonl(shard)
 
     # -- parquet ---------------------------------------------------------------------------------
-    def _read_parquet(self, fs, bare: str, shard: Shard) -> Iterator[pa.Table]:
-        with fs.open(bare, "rb") as f:
-            try:
-                pf = pq.ParquetFile(f)
-            except Exception as e:  # noqa: BLE001
-                yield self._whole_shard_error(shard, f"not a readable Parquet file ({e})")
-                return
+    def _read_parquet(self, shard: Shard) -> Iterator[pa.Table]:
+        with _open(shard, self.storage) as f:
+            pf = _parquet_file(f, shard)
             names = set(pf.schema_arrow.names)
             missing = [user for key, user in self.columns.items() if user not in names and key not in self.optional]
             has_id = self.id_column in names
             wanted = sorted({u for u in self.columns.values() if u in names} | ({self.id_column} if has_id else set()))
+            batches = pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted or None)
             row0 = 0
-            for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted or None):
+            while True:
+                try:
+                    batch = next(batches, None)
+                except Exception as e:  # noqa: BLE001 - a corrupt page or a failed read, nothing of ours
+                    raise ShardUnreadable(f"{shard.name}: corrupt or unreadable Parquet data after row {row0} "
+                                          f"({_reason(e)})") from e
+                if batch is None:
+                    break
                 present = batch.to_pydict()
                 n = batch.num_rows
                 rows = [
@@ -153,31 +306,31 @@ class ShardReader:
                 row0 += n
 
     # -- jsonl -----------------------------------------------------------------------------------
-    def _read_jsonl(self, fs, bare: str, shard: Shard) -> Iterator[pa.Table]:
-        compression = "gzip" if bare.endswith(".gz") else None
+    def _read_jsonl(self, shard: Shard) -> Iterator[pa.Table]:
         rows: list[dict] = []
         row0 = 0
-        has_id: bool | None = None
-        with fs.open(bare, "rb", compression=compression) as raw:
-            for line_no, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace")):
-                if not line.strip():
-                    continue  # blank lines are not rows
-                try:
-                    obj = json.loads(line)
-                    if not isinstance(obj, dict):
-                        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-                    row = {key: obj.get(user) for key, user in self.columns.items()}
-                    if has_id is None:
-                        has_id = self.id_column in obj
-                    row[C.ID] = obj.get(self.id_column)
-                except ValueError as e:
-                    row = {key: None for key in self.columns}
-                    row[C.ERROR] = f"line {line_no + 1}: invalid JSON ({e})"
-                rows.append(row)
-                if len(rows) >= READ_BATCH_ROWS:
-                    yield self._to_table(rows, shard, row0, None if has_id else False)
-                    row0 += len(rows)
-                    rows = []
+        has_id: bool | None = None  # the first object decides: a shard has ids, or all of them are made up
+        for line_no, line in _lines(shard, self.storage):
+            if not line.strip():
+                continue  # blank (ASCII whitespace only) lines are not rows
+            obj, problem = _parse(line)
+            if obj is None:
+                row = {key: None for key in self.columns}
+                row[C.ERROR] = f"line {line_no}: {problem}"
+            else:
+                if has_id is None:
+                    has_id = self.id_column in obj
+                row = {key: obj.get(user) for key, user in self.columns.items()}
+                ident = row[C.ID] = obj.get(self.id_column)
+                if has_id and isinstance(ident, int) and not isinstance(ident, bool) and not _fits(ident, pa.int64()):
+                    # JSON integers are unbounded; no Arrow (or Parquet) id column holds this one.
+                    row[C.ID] = None
+                    row[C.ERROR] = f"line {line_no}: id {ident} does not fit in a 64-bit integer"
+            rows.append(row)
+            if len(rows) >= READ_BATCH_ROWS:
+                yield self._to_table(rows, shard, row0, None if has_id else False)
+                row0 += len(rows)
+                rows = []
         if rows or row0 == 0:
             yield self._to_table(rows, shard, row0, None if has_id else False)
 
@@ -186,23 +339,30 @@ class ShardReader:
         """Rows use internal keys. `ids`: an Arrow array of the input's ids (kept with their type),
         None to take `row[C.ID]`, or False when the input has no id column (stable ids are made)."""
         text_cols = [k for k in self.columns if k not in self.optional]
+        id_errors: list[str | None] = [None] * len(rows)
         if ids is False:
             ids = pa.array([f"{shard.name}:{row0 + i}" for i in range(len(rows))], type=pa.string())
-        elif ids is None:
-            ids = _id_array([r.get(C.ID) for r in rows])
-        errors: list[str | None] = [None] * len(rows)
-        if self.id_type is not None and ids.type != self.id_type:
-            ids, errors = _cast_ids(ids, self.id_type)
+        else:
+            id_type = self.id_type
+            if isinstance(ids, pa.Array):
+                if id_type is None and (pa.types.is_integer(ids.type) or pa.types.is_string(ids.type)
+                                        or pa.types.is_large_string(ids.type)):
+                    id_type = ids.type
+                values = ids.to_pylist()
+            else:
+                values = [r.get(C.ID) for r in rows]
+            ids, id_errors = _job_ids(values, id_type)
         id_values = ids.to_pylist()
+        errors: list[str | None] = []
         values = {key: [] for key in self.columns}
-        for i, (r, ident) in enumerate(zip(rows, id_values)):
+        for r, ident, id_error in zip(rows, id_values, id_errors):
             prepared = {**r, C.ID: ident}
-            error = r.get(C.ERROR) or errors[i] or row_problem(prepared, text_cols)
+            error = r.get(C.ERROR) or id_error or row_problem(prepared, text_cols)
             for col in self.optional:
                 v = r.get(col)
                 if error is None and v is not None and not isinstance(v, str):
                     error = f"{col} is not a string (got {type(v).__name__})"
-            errors[i] = error
+            errors.append(error)
             for key in self.columns:
                 v = r.get(key)
                 # Non-string values only occur in error rows; keep the column a string column.
@@ -215,86 +375,67 @@ class ShardReader:
         data[C.ERROR] = pa.array(errors, type=pa.string())
         return pa.table(data)
 
-    def _whole_shard_error(self, shard: Shard, reason: str) -> pa.Table:
-        # One error row stands for a file that cannot be opened at all (its row count is unknown).
-        row = {key: None for key in self.columns}
-        row[C.ERROR] = f"{shard.name}: {reason}"
-        return self._to_table([row], shard, 0, pa.array([f"{shard.name}:*"], type=pa.string()))
+
+def _fits(value: int, int_type: pa.DataType) -> bool:
+    bits = int_type.bit_width
+    if pa.types.is_signed_integer(int_type):
+        return -(1 << (bits - 1)) <= value < 1 << (bits - 1)
+    return 0 <= value < 1 << bits
 
 
-def _cast_ids(ids: pa.Array, id_type: pa.DataType) -> tuple[pa.Array, list[str | None]]:
-    """Ids cast to the job's id type; an id that does not fit becomes null with a reason."""
+def _job_ids(values: list, id_type: pa.DataType | None) -> tuple[pa.Array, list[str | None]]:
+    """Ids in the job's id type, and per id the reason it cannot be one (its id becomes null).
+    A string is never cast to an integer: "007" and "7" are different documents."""
+    if id_type is None:  # strings win, as across shards
+        id_type = pa.string() if any(isinstance(v, str) for v in values) else pa.int64()
+    integer = pa.types.is_integer(id_type)
+    out, errors = [], []
+    for v in values:
+        problem = None
+        if v is None:
+            pass  # row_problem says "id is null"
+        elif isinstance(v, bool) or not isinstance(v, (int, str)):
+            problem = f"id {v!r} is a {type(v).__name__}; ids must be integers or strings"
+        elif isinstance(v, str) and integer:
+            problem = f"id {v!r} is a string but this job's ids are integers (set by the first rows of the shards)"
+        elif isinstance(v, int) and integer and not _fits(v, id_type):
+            problem = f"id {v} does not fit in this job's id type ({id_type})"
+        elif isinstance(v, int) and not integer:
+            v = str(v)
+        out.append(None if problem else v)
+        errors.append(problem)
+    return pa.array(out, type=id_type), errors
+
+
+def _shard_id_type(shard: Shard, id_column: str, storage) -> pa.DataType | None:
+    """What one shard says about the job's id type: an integer type, string, or None when it holds
+    no id to go by (empty, all ids null, or unreadable: the reader reports that one)."""
     try:
-        return ids.cast(id_type), [None] * len(ids)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        if shard.format == "parquet":
+            with _open(shard, storage) as f:
+                schema = _parquet_file(f, shard).schema_arrow
+            if id_column not in schema.names:
+                return pa.string()  # made-up ids
+            id_type = schema.field(id_column).type
+            return id_type if pa.types.is_integer(id_type) else pa.string()
+        with closing(_objects(shard, storage)) as objects:
+            for i, obj in enumerate(objects):
+                if i == 0 and id_column not in obj:
+                    return pa.string()  # the reader makes this shard's ids up
+                value = obj.get(id_column)
+                if value is not None:
+                    return pa.int64() if isinstance(value, int) and not isinstance(value, bool) else pa.string()
+    except ShardUnreadable:
         pass
-    values, errors = [], []
-    for v in ids.to_pylist():
-        try:
-            values.append(None if v is None else pa.scalar(v).cast(id_type).as_py())
-            errors.append(None)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            values.append(None)
-            errors.append(f"id {v!r} is not of the job's id type ({id_type}, taken from the first shard)")
-    return pa.array(values, type=id_type), errors
+    return None
 
 
 def probe_id_type(shards: list[Shard], id_column: str, storage=None) -> pa.DataType:
-    """The job's id type, from the first shard: its Parquet column type, or int64 / string from the
-    first JSONL object that has the id; string when the input has no id column (made-up ids)."""
-    shard = shards[0]
-    fs = filesystem_for(shard.path, storage)
-    bare = shard.path.split("://", 1)[1] if "://" in shard.path else shard.path
-    try:
-        if shard.format == "parquet":
-            with fs.open(bare, "rb") as f:
-                schema = pq.ParquetFile(f).schema_arrow
-            return schema.field(id_column).type if id_column in schema.names else pa.string()
-        with fs.open(bare, "rb", compression="gzip" if bare.endswith(".gz") else None) as f:
-            for line in f:
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(obj, dict):
-                    if id_column not in obj:
-                        return pa.string()
-                    value = obj[id_column]
-                    if value is None:
-                        continue
-                    return pa.int64() if isinstance(value, int) and not isinstance(value, bool) else pa.string()
-    except Exception:  # noqa: BLE001 - an unreadable first shard is reported by the reader
-        pass
+    """The job's id type, from every shard (Parquet: the footer schema; JSONL: the first non-null id).
+    Integers only if every shard's ids are integers (the Parquet type when all shards agree on it,
+    else int64); otherwise strings win, so that no string id is ever cast to a number."""
+    with ThreadPoolExecutor(PROBE_THREADS) as pool:
+        votes = {t for t in pool.map(lambda s: _shard_id_type(s, id_column, storage), shards) if t is not None}
+    if votes and all(pa.types.is_integer(t) for t in votes):
+        return votes.pop() if len(votes) == 1 else pa.int64()
     return pa.string()
-
-
-def _id_array(ids: list) -> pa.Array:
-    """Keep the id's input type. Mixed types in one batch (JSONL allows it) become strings."""
-    kinds = {type(i) for i in ids if i is not None}
-    if kinds <= {int} or kinds <= {bool, int} and bool not in kinds:
-        return pa.array(ids, type=pa.int64())
-    if kinds <= {str}:
-        return pa.array(ids, type=pa.string())
-    try:
-        return pa.array(ids)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if i is None else str(i) for i in ids], type=pa.string())
-
-
-def count_rows(shard: Shard, storage=None) -> int:
-    """Rows a shard holds, as the reader will see them: Parquet footer counts; JSONL non-blank lines.
-    An unreadable file counts as the one error row the reader makes for it."""
-    fs = filesystem_for(shard.path, storage)
-    bare = shard.path.split("://", 1)[1] if "://" in shard.path else shard.path
-    try:
-        if shard.format == "parquet":
-            with fs.open(bare, "rb") as f:
-                return pq.ParquetFile(f).metadata.num_rows
-        n = 0
-        with fs.open(bare, "rb", compression="gzip" if bare.endswith(".gz") else None) as f:
-            for line in f:
-                if line.strip():
-                    n += 1
-        return n
-    except Exception:  # noqa: BLE001 - mirrors ShardReader._whole_shard_error
-        return 1
