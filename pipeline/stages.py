@@ -11,7 +11,7 @@ import pyarrow as pa
 from pipeline import columns as C
 from pipeline.heads import build_head
 from pipeline.heads.base import Context, RowError
-from pipeline.models import load_config, load_tokenizer, resolve_model_dir
+from pipeline.models import check_architecture, load_config, load_tokenizer, resolve_model_dir
 
 _COMMON_ENCODE_FIELDS = [
     pa.field(C.INPUT_IDS, pa.list_(pa.list_(pa.int32()))),
@@ -26,6 +26,7 @@ def load_head(spec):
     model_dir = resolve_model_dir(spec.model.path, spec.storage)
     tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
     config = load_config(model_dir, spec.model.trust_remote_code)
+    check_architecture(config, spec.model.head, spec.model.allow_random_head)
     return build_head(Context(spec=spec, tokenizer=tokenizer, config=config, extra={"model_dir": model_dir}))
 
 

