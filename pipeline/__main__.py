@@ -1,6 +1,7 @@
-"""CLI: `python -m pipeline run SPEC.yaml [--set key=value ...]`, `validate`, `spec-reference`.
+"""CLI: `python -m pipeline run SPEC.yaml [--set key=value ...] [--fresh]`, `validate`, `spec-reference`.
 
-Exit codes: 0 done; 2 invalid spec, input or model (nothing written); 1 the job failed.
+Exit codes: 0 complete; 1 the job did not finish (some shards not done: a rerun resumes them);
+2 a bad spec, input or model found before any work.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a spec key, e.g. --set output.path=s3://bucket/out (YAML scalar values)")
         s.add_argument("--debug", action="store_true", help="show full tracebacks")
+        if name == "run":
+            s.add_argument("--fresh", action="store_true",
+                           help="redo every shard instead of resuming (removes only files this job wrote)")
     sub.add_parser("spec-reference", help="print the spec reference (Markdown)")
     return p
 
@@ -38,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet()
     from pipeline.job import JobFailed, run, validate
+    from pipeline.lease import RunActive
+    from pipeline.markers import FingerprintMismatch
     from pipeline.models import ModelError
     from pipeline.sources import InputError
     from pipeline.spec import SpecError, load_spec, spec_reference
@@ -52,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ok: {spec.model.head} on {facts['model_dir']}, {len(facts['shards'])} input shard(s), "
                   f"output to {spec.output.path}")
             return 0
-        summary = run(spec)
-    except (SpecError, InputError, ModelError) as e:
+        summary = run(spec, fresh=args.fresh)
+    except (SpecError, InputError, ModelError, FingerprintMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except JobFailed as e:
+    except (JobFailed, RunActive) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,11 @@
-"""The job: spec -> read shards -> tokenize -> predict -> postprocess -> write -> summary.
+"""The job: spec -> the shards still to do -> read -> tokenize -> predict -> postprocess -> parts ->
+each shard's final files and marker as soon as all its rows are in -> summary from the markers.
+
 The one module that knows Ray; every stage it composes is a plain callable (pipeline/stages.py,
-pipeline/predict.py, pipeline/sinks.py)."""
+pipeline/predict.py, pipeline/sinks.py). The input shard is the unit of work and of completion:
+see pipeline/output.py for the files, pipeline/markers.py for resume, pipeline/lease.py for the
+one-run-at-a-time lease.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,14 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline.heads import head_class
-from pipeline.sinks import STATS_COLUMNS, WriteResults, clear_output, write_summary
-from pipeline.sources import ShardReader, list_shards, probe_id_type
+from pipeline.lease import Lease
+from pipeline.markers import plan_resume, fingerprint
+from pipeline.output import OutputDir
+from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
+from pipeline.sources import InputError, ShardReader, ShardUnreadable, list_shards, probe_id_type, shard_columns
+from pipeline.spec import SpecError
+from pipeline.storage import describe_storage_error, protocol_of, strip_protocol
+from pipeline.summary import build_summary, error_verdict, totals, write_complete, write_progress
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +34,8 @@ log = logging.getLogger(__name__)
 READ_CPUS = 0.25
 TOKENIZE_CPUS = 0.5
 POSTPROCESS_CPUS = 0.5
+PROGRESS_SECONDS = 5.0
+FINALIZE_IN_FLIGHT = 2  # shards being turned into final files at once
 
 
 class JobFailed(RuntimeError):
@@ -39,27 +52,74 @@ def reader_columns(spec) -> tuple[dict[str, str], tuple[str, ...]]:
     return cols, optional
 
 
-def _read_shard(batch: dict, *, shards, columns, optional, id_column, id_type, storage):
-    reader = ShardReader(columns, id_column, storage, optional, id_type)
-    for index in batch["shard"]:
-        yield from reader.read(shards[int(index)])
-
-
-def validate(spec) -> dict:
-    """Everything `run` checks before it starts: input reachable, model loadable with the head's
-    weights. Returns facts for the CLI to print. Raises SpecError / InputError / ModelError."""
-    from pipeline.models import load_model
+def validate(spec, check_writable: bool = True) -> dict:
+    """Everything `run` checks before it starts: paths apart, input reachable with the configured
+    columns, output writable, model loadable with the head's weights. Returns facts for the CLI to
+    print. Raises SpecError / InputError / ModelError."""
+    from pipeline.models import load_model, model_identity
     from pipeline.stages import load_head
 
+    _check_paths_apart(spec.input.path, spec.output.path)
     shards = list_shards(spec.input, spec.storage)
+    _check_columns(spec, shards)
+    if check_writable:
+        _check_writable(OutputDir(spec.output.path, spec.storage))
     head = load_head(spec)
     if spec.output.granularity not in head.granularities:
-        from pipeline.spec import SpecError
-
         raise SpecError(f"output.granularity: {spec.model.head} supports {', '.join(head.granularities)}")
     model_dir = head.ctx.extra["model_dir"]
     load_model(model_dir, head, spec.model, device="cpu")
-    return {"shards": shards, "head": head, "model_dir": model_dir}
+    return {"shards": shards, "head": head, "model_dir": model_dir,
+            "model": model_identity(spec.model.path, spec.storage)}
+
+
+def _normal(path: str) -> str:
+    if protocol_of(path) == "file":
+        return os.path.abspath(os.path.expanduser(path)).rstrip("/")
+    return f"{protocol_of(path)}://{strip_protocol(path).rstrip('/')}"
+
+
+def _check_paths_apart(input_path: str, output_path: str) -> None:
+    parts = _normal(input_path).split("/")
+    fixed = "/".join(p for p in parts[: next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), None)])
+    out = _normal(output_path)
+    if out == fixed or out.startswith(fixed + "/") or fixed.startswith(out + "/"):
+        raise SpecError(f"output.path: {output_path} is, lies inside or contains input.path {input_path}; "
+                        "write the results somewhere else")
+
+
+def _check_columns(spec, shards) -> None:
+    """The configured columns exist in the first readable shard (an unreadable one fails later, alone)."""
+    columns, optional = reader_columns(spec)
+    for shard in shards[:3]:
+        try:
+            have = shard_columns(shard, spec.storage)
+        except ShardUnreadable:
+            continue
+        attr_of = {key: attr for key, attr in head_class(spec.model.head).input_columns.items()}
+        for key, user in columns.items():
+            if user not in have and key not in optional:
+                field = f"input.{attr_of.get(key, 'text_column')}"
+                raise InputError(f"{field}: column {user!r} not in {shard.name} (it has: {', '.join(have)})")
+        return
+
+
+def _check_writable(output: OutputDir) -> None:
+    """Locally: the folder, or the nearest one above it that exists, is writable (nothing is made).
+    Object storage: a probe object is written and removed."""
+    try:
+        if output.local:
+            parent = output.root
+            while not os.path.exists(parent):
+                parent = os.path.dirname(parent)
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"{parent} is not a writable folder")
+            return
+        probe = f".write-probe-{os.getpid()}"
+        output.write_bytes(probe, b"")
+        output.remove([probe])
+    except Exception as e:  # noqa: BLE001 - any storage error means the same to the user
+        raise InputError(f"output.path: cannot write to {output.path} ({describe_storage_error(e)})") from None
 
 
 def _init_ray(spec, cpus_needed: float) -> bool:
@@ -90,17 +150,106 @@ def _is_local() -> bool:
     return len(ray.nodes()) == 1
 
 
-def run(spec, progress=None) -> dict:
-    """Run the job; returns the summary (also written to output.path/_SUMMARY.json)."""
+def run(spec, progress=None, fresh: bool = False) -> dict:
+    """Run the job on the shards not done yet (all of them with `fresh`); returns the summary (also
+    written to output.path/_SUMMARY.json). Raises JobFailed when it did not finish."""
+    progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.time()
+    facts = validate(spec, check_writable=False)
+    shards = facts["shards"]
+    output = OutputDir(spec.output.path, spec.storage)
+    fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
+    try:
+        lease = Lease(output).acquire()
+    except OSError as e:
+        raise InputError(f"output.path: cannot write to {output.path} ({describe_storage_error(e)})") from None
+    try:
+        plan = plan_resume(output, shards, fields, fresh)
+        removed = output.remove(plan.remove)
+        if plan.done or removed:
+            progress(f"{len(plan.done)} of {len(shards)} shard(s) done by an earlier run; "
+                     f"removed {removed} file(s) of unfinished shards")
+        record = {
+            "run_id": lease.run_id, "fingerprint": fingerprint(fields), "model": spec.model.path,
+            "model_revision": facts["model"]["revision"], "head": spec.model.head,
+            "granularity": spec.output.granularity, "input": spec.input.path, "output": spec.output.path,
+        }
+        markers = dict(plan.done)
+        failed: dict[str, str] = {}
+        error: str | None = None
+        if plan.todo:
+            try:
+                _process(spec, shards, plan.todo, output, fields, record, lease, markers, failed, progress, started)
+            except JobFailed as e:
+                error = str(e)
+        t = totals([markers[s.key] for s in shards if s.key in markers])
+        run_info = {**record, "shards": len(shards), "shards_resumed": len(plan.done),
+                    "shards_run": len(markers) - len(plan.done)}
+        if error is None and failed:
+            first = next(iter(failed.values()))
+            error = (f"{len(failed)} of {len(shards)} shard(s) could not be read ({first}); the other shards are "
+                     "done: rerun the same command to retry the failed ones")
+        if error is None:
+            error = error_verdict(t, spec.output.max_error_fraction)
+            status = "failed" if error else "complete"
+        else:
+            status = "incomplete"
+        if error:
+            write_progress(output, status, run=run_info, shards_total=len(shards), done=list(markers),
+                           failed=failed, reason=error, t=t)
+            raise JobFailed(f"{error} (see {output.path}/_PROGRESS.json)")
+        tokens_this_run = sum(m["tokens"] for k, m in markers.items() if k not in plan.done)
+        summary = build_summary(t, run=run_info, wall=time.time() - started, tokens_this_run=tokens_this_run)
+        write_complete(output, summary)
+        return summary
+    finally:
+        lease.release()
+
+
+class ReadLedger:
+    """Rows each shard held once its reader finished, and the shards that could not be read: the
+    driver needs both to know when a shard is complete (a Ray actor; see `_process`)."""
+
+    def __init__(self):
+        self.rows: dict[int, int] = {}
+        self.failed: dict[int, str] = {}
+
+    def read(self, shard: int, rows: int) -> None:
+        self.rows[shard] = rows
+
+    def unreadable(self, shard: int, reason: str) -> None:
+        self.failed[shard] = reason
+
+    def snapshot(self) -> tuple[dict[int, int], dict[int, str]]:
+        return dict(self.rows), dict(self.failed)
+
+
+def _read_shards(batch: dict, *, shards, columns, optional, id_column, id_type, storage, ledger):
+    import ray
+
+    reader = ShardReader(columns, id_column, storage, optional, id_type)
+    for index in batch["shard"]:
+        shard = shards[int(index)]
+        rows = 0
+        try:
+            for table in reader.read(shard):
+                rows += table.num_rows
+                yield table
+        except ShardUnreadable as e:
+            ray.get(ledger.unreadable.remote(shard.index, str(e)))
+        else:
+            ray.get(ledger.read.remote(shard.index, rows))
+
+
+def _process(spec, shards, todo, output, fields, record, lease, markers, failed, progress, started) -> None:
+    """Run the stages over the shards in `todo`; each shard's marker lands in `markers` as soon as it
+    is complete, each unreadable shard in `failed`. Raises JobFailed when the run cannot go on."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     from pipeline.predict import Predict
     from pipeline.stages import Postprocess, Tokenize
 
-    progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    started = time.time()
-    shards = validate(spec)["shards"]
     res = spec.resources
     cpus_needed = (
         READ_CPUS + TOKENIZE_CPUS * res.tokenizer_actors + POSTPROCESS_CPUS * res.tokenizer_actors
@@ -110,7 +259,7 @@ def run(spec, progress=None) -> dict:
     gpus_needed = res.gpus_per_actor * res.model_actors
     if gpus_needed:
         if local and gpus_needed > ray.cluster_resources().get("GPU", 0):
-            raise JobFailed(
+            raise SpecError(
                 f"resources.gpus_per_actor: {res.model_actors} actor(s) x {res.gpus_per_actor} GPU need "
                 f"{gpus_needed:g} GPUs, this machine has {ray.cluster_resources().get('GPU', 0):g}"
             )
@@ -119,9 +268,6 @@ def run(spec, progress=None) -> dict:
             from ray.autoscaler.sdk import request_resources
 
             request_resources(bundles=[{"GPU": res.gpus_per_actor, "CPU": res.cpus_per_actor}] * res.model_actors)
-    removed = clear_output(spec.output.path, spec.storage)
-    if removed:
-        progress(f"cleared {removed} file(s) of a previous run under {spec.output.path}")
 
     # Our own progress lines and summary replace Ray Data's bars and execution-plan logs.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -129,98 +275,132 @@ def run(spec, progress=None) -> dict:
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
 
+    by_index = {s.index: s for s in shards}
+    ledger = ray.remote(num_cpus=0)(ReadLedger).remote()
+    finalize = ray.remote(num_cpus=0)(finalize_shard)
     columns, optional = reader_columns(spec)
-    rows_per_batch = spec.batching.rows_per_batch
-    id_type = probe_id_type(shards, spec.input.id_column, spec.storage)
-    ds = ray.data.from_items([{"shard": s.index} for s in shards], override_num_blocks=len(shards))
+    ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
-        functools.partial(_read_shard, shards=shards, columns=columns, optional=optional,
-                          id_column=spec.input.id_column, id_type=id_type, storage=spec.storage),
+        functools.partial(_read_shards, shards=by_index, columns=columns, optional=optional,
+                          id_column=spec.input.id_column, storage=spec.storage, ledger=ledger,
+                          id_type=probe_id_type(shards, spec.input.id_column, spec.storage)),
         batch_size=1, batch_format="numpy", num_cpus=READ_CPUS,
     )
-    common = dict(batch_format="pyarrow", batch_size=rows_per_batch, zero_copy_batch=True)
+    common = dict(batch_format="pyarrow", batch_size=spec.batching.rows_per_batch, zero_copy_batch=True)
     ds = ds.map_batches(Tokenize, fn_constructor_kwargs={"spec": spec}, num_cpus=TOKENIZE_CPUS,
                         compute=ActorPoolStrategy(size=res.tokenizer_actors), **common)
     ds = ds.map_batches(Predict, fn_constructor_kwargs={"spec": spec}, num_cpus=res.cpus_per_actor,
                         num_gpus=res.gpus_per_actor or None, compute=ActorPoolStrategy(size=res.model_actors), **common)
     ds = ds.map_batches(Postprocess, fn_constructor_kwargs={"spec": spec}, num_cpus=POSTPROCESS_CPUS,
                         compute=ActorPoolStrategy(size=res.tokenizer_actors), **common)
-    writer = WriteResults(spec.output.path, [s.name for s in shards], spec.storage, spec.output.rows_per_file)
-    ds = ds.map_batches(writer, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS)
+    ds = ds.map_batches(WriteParts(output, {s.index: s.key for s in todo}), batch_format="pyarrow",
+                        batch_size=None, num_cpus=READ_CPUS)
 
-    totals = {k: 0 for k in STATS_COLUMNS}
-    last_report = 0.0
+    file_metadata = {"bert_batch.model": spec.model.path, "bert_batch.model_revision": str(record["model_revision"]),
+                     "bert_batch.head": spec.model.head, "bert_batch.fingerprint": record["fingerprint"]}
+    arrived: dict[int, int] = {s.index: 0 for s in todo}  # documents written as parts, per shard
+    errored = tokens = 0
+    rows_read: dict[int, int] = {}
+    in_flight: dict = {}  # finalize task -> shard index
+    tried_at: dict[int, int] = {}  # shard index -> rows arrived when its finalisation was last tried
+    last_report = last_record = 0.0
+
+    def step(final: bool) -> None:
+        """Hand complete shards to finalisation; collect the finished ones."""
+        got_rows, got_failed = ray.get(ledger.snapshot.remote())
+        rows_read.update(got_rows)
+        for index, reason in got_failed.items():
+            failed.setdefault(by_index[index].key, reason)
+        for index, n in rows_read.items():
+            shard = by_index[index]
+            busy = index in in_flight.values() or shard.key in markers or shard.key in failed
+            if busy or len(in_flight) >= FINALIZE_IN_FLIGHT or (arrived[index] < n and not final):
+                continue
+            if tried_at.get(index) == arrived[index] and not final:
+                continue  # tried with these rows already; wait for more
+            tried_at[index] = arrived[index]
+            marker = {"shard": shard.path, "identity": shard.identity, "fingerprint": record["fingerprint"],
+                      "spec": fields, "run_id": record["run_id"]}
+            ref = finalize.remote(output, shard.key, n, spec.output.rows_per_file,
+                                  {**file_metadata, "bert_batch.shard": shard.path}, marker)
+            in_flight[ref] = index
+        if not in_flight:
+            return
+        ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=None if final else 0)
+        for ref in ready:
+            index = in_flight.pop(ref)
+            key = by_index[index].key
+            try:
+                markers[key] = ray.get(ref)
+            except ShardIncomplete as e:
+                if final:
+                    failed[key] = f"{by_index[index].name}: {e}"
+            except Exception as e:  # noqa: BLE001 - storage failing while writing: the shard is not done
+                failed[key] = f"{by_index[index].name}: cannot write its results ({_root_cause(e)})"
+
+    def report(now: float) -> None:
+        elapsed = now - started
+        progress(f"[{elapsed:7.1f}s] shards {len(markers)}/{len(shards)} done"
+                 f"{f' ({len(failed)} failed)' if failed else ''}, {sum(arrived.values()):,} rows this run "
+                 f"({errored:,} errors), {tokens:,} tokens, {tokens / max(elapsed, 1e-9):,.0f} tokens/s")
+
+    def check_lease() -> None:
+        if lease.lost:
+            raise JobFailed(lease.lost)
+
     try:
         for stats in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for k in STATS_COLUMNS:
-                col = stats.column(k).to_pylist()
-                totals[k] = max([totals[k], *col]) if k == "largest_document_tokens" else totals[k] + sum(col)
+            for shard, docs, errs, toks in zip(*(stats.column(c).to_pylist() for c in stats.column_names)):
+                arrived[shard] += docs
+                errored += errs
+                tokens += toks
+            check_lease()
+            step(final=False)
             now = time.time()
-            if now - last_report > 5:
+            if now - last_report > PROGRESS_SECONDS:
                 last_report = now
-                elapsed = now - started
-                progress(
-                    f"[{elapsed:7.1f}s] {totals['documents']:,} rows done ({totals['rows_errored']:,} errors), "
-                    f"{totals['tokens']:,} tokens, {totals['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s"
-                )
+                report(now)
+            if now - last_record > PROGRESS_SECONDS:
+                last_record = now
+                write_progress(output, "running", run=record, shards_total=len(shards), done=list(markers),
+                               failed=failed)
+    except JobFailed:
+        raise
     except Exception as e:  # noqa: BLE001 - one sentence, the cause kept for --debug
-        raise JobFailed(f"the job failed while running: {_root_cause(e)}") from e
-
-    rows_read = count_input_rows(shards, spec.storage)
-    wall = time.time() - started
-    summary = {
-        "status": "complete",
-        "rows_read": rows_read,
-        "rows_written": totals["rows_written"],
-        "rows_errored": totals["rows_errored"],
-        "output_rows": totals["output_rows"],
-        "tokens": totals["tokens"],
-        "padded_token_slots": totals["padded_slots"],
-        "padding_waste": round(totals["padded_slots"] / totals["tokens"], 4) if totals["tokens"] else 0.0,
-        "windows": totals["windows"],
-        "documents_truncated": totals["truncated"],
-        "largest_document_tokens": totals["largest_document_tokens"],
-        "wall_seconds": round(wall, 3),
-        "tokens_per_second": round(totals["tokens"] / wall, 1) if wall else 0.0,
-        "model": spec.model.path,
-        "head": spec.model.head,
-        "granularity": spec.output.granularity,
-        "input": spec.input.path,
-        "shards": len(shards),
-        "output": spec.output.path,
-    }
-    if rows_read != totals["rows_written"] + totals["rows_errored"]:
-        summary["status"] = "incomplete"
-        write_summary(spec.output.path, summary, spec.storage)
-        raise JobFailed(
-            f"rows read ({rows_read}) != rows written ({totals['rows_written']}) + rows errored "
-            f"({totals['rows_errored']}); see {spec.output.path}/_SUMMARY.json"
-        )
-    write_summary(spec.output.path, summary, spec.storage)
-    return summary
+        _drain(in_flight, markers, by_index)
+        raise JobFailed(f"the job failed while running: {_root_cause(e)}; finished shards are kept, rerun the "
+                        "same command to resume") from e
+    check_lease()
+    while in_flight or any(by_index[i].key not in markers and by_index[i].key not in failed for i in rows_read):
+        step(final=True)
+    for s in todo:  # a shard whose reader never reported (a bug of ours): not done
+        if s.key not in markers and s.key not in failed:
+            failed[s.key] = f"{s.name}: the reader did not report its row count"
+    report(time.time())
 
 
-def count_input_rows(shards, storage) -> int:
-    """Rows in the input, counted apart from the job so the final check means something: Parquet
-    from the file footers, JSONL by its non-blank lines (in Ray tasks, one per shard)."""
+def _drain(in_flight: dict, markers: dict, by_index: dict) -> None:
+    """Wait for shards already being finalised, so their markers count for the rerun."""
     import ray
 
-    @ray.remote(num_cpus=READ_CPUS)
-    def count(shard) -> int:
-        from pipeline.sources import count_rows
-
-        return count_rows(shard, storage)
-
-    return sum(ray.get([count.remote(s) for s in shards]))
+    for ref, index in in_flight.items():
+        try:
+            markers[by_index[index].key] = ray.get(ref)
+        except Exception:  # noqa: BLE001 - not done; the rerun redoes it
+            pass
 
 
 def _root_cause(e: BaseException) -> str:
-    """The deepest exception with a message, in one line (Ray wraps worker errors several times)."""
+    """The deepest exception with a message, in one line (Ray wraps worker errors several times and
+    appends its own advice; the first line of the original message is the one that names the cause)."""
     best = e
     seen: BaseException | None = e
     while seen is not None:
         if str(seen).strip():
             best = seen
         seen = getattr(seen, "cause", None) or seen.__cause__
-    lines = [line for line in str(best).strip().splitlines() if line.strip()]
-    return f"{type(best).__name__}: {lines[-1].strip() if lines else ''}"
+    described = describe_storage_error(best)
+    if described != (str(best) or type(best).__name__):  # it recognised a storage failure
+        return described
+    lines = [line.strip() for line in str(best).strip().splitlines() if line.strip()]
+    return f"{type(best).__name__}: {lines[0] if lines else ''}"

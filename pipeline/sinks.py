@@ -1,119 +1,140 @@
-"""Writing results, error rows and the summary.
+"""Writing results, exactly once per input row.
 
-The writer is a stage like the others: it takes a postprocessed batch, writes its output rows and its
-error rows as Parquet files, and returns one row of counts. The driver sums those rows into
-`_SUMMARY.json`, which is written last, so a job is finished exactly when its summary exists.
-
-File names derive from the input shard and the first input row of the batch
-(`<shard>-r<row>.parquet`), and a run first clears the previous run's files, so re-running a job
-overwrites instead of duplicating.
+Two steps. While a shard is in flight, the writer stage (`WriteParts`) writes each batch's rows of
+that shard as one part under `_staging/<shard>/`, named by the rows it holds, so a task that Ray
+retries rewrites its own part instead of adding one. Once every row of the shard has been read and
+has arrived, `finalize_shard` reads the parts, keeps each input row once (a row that two parts hold,
+after a retry that cut batches differently, is taken from the first), checks that rows 0..n-1 are
+all there, and writes the shard's final files in input order, deterministically named, then its
+marker. The counts in the marker come from those files, not from what tasks reported.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import re
-import uuid
+import time
+from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import columns as C
-from pipeline.storage import filesystem_for, join, strip_protocol
+from pipeline.output import ERRORS_DIR, STAGING_DIR, OutputDir, marker_file, pending_file, result_file
 
-ERRORS_DIR = "_errors"
-SUMMARY = "_SUMMARY.json"
-STATS_COLUMNS = ("documents", "rows_written", "rows_errored", "output_rows", "tokens", "padded_slots", "windows",
-                 "truncated", "largest_document_tokens")
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+# Per-document statistics the postprocess stage puts on the first output row of each document.
+DOCUMENTS = "_documents"
+N_WINDOWS = "_n_windows"
+# What the writer reports per shard and batch, for progress only (the markers are the record).
+PROGRESS_COLUMNS = ("shard", "documents", "rows_errored", "tokens")
 
 
-class WriteResults:
-    """Writes one postprocessed batch; returns a one-row table of counts (STATS_COLUMNS)."""
+class ShardIncomplete(RuntimeError):
+    """The parts of a shard do not hold every one of its rows (yet)."""
 
-    def __init__(self, output_path: str, shard_names: list[str], storage=None, rows_per_file: int = 100_000):
-        self.output_path = output_path.rstrip("/")
-        self.shard_names = [_safe(n.rsplit(".", 2)[0] if n.endswith(".gz") else n.rsplit(".", 1)[0]) for n in shard_names]
-        self.storage = storage
-        self.rows_per_file = rows_per_file
-        self.fs = None
+
+class WriteParts:
+    """Writer stage: one part per shard in the batch; returns one row of counts per shard."""
+
+    def __init__(self, output: OutputDir, shard_keys: dict[int, str]):
+        self.output = output
+        self.shard_keys = shard_keys
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.fs is None:
-            self.fs = filesystem_for(self.output_path, self.storage)
-        internal = [n for n in batch.schema.names if n.startswith("_")]
-        errors = batch.column(C.ERROR)
-        is_error = pc.is_valid(errors)
-        good = batch.filter(pc.invert(is_error))
-        bad = batch.filter(is_error)
-        documents = pc.sum(batch.column("_documents")).as_py() or 0
-        errored = bad.num_rows
-        if good.num_rows:
-            self._write(good.drop_columns(internal), good, "")
-        if errored:
-            err_table = pa.table(
-                {
-                    "id": bad.column(C.ID),
-                    "error": bad.column(C.ERROR),
-                    "shard": pa.array([self.shard_names[s] for s in bad.column(C.SHARD).to_pylist()], type=pa.string()),
-                    "row": bad.column(C.ROW),
-                }
-            )
-            self._write(err_table, bad, ERRORS_DIR)
-        ok_docs = good.column("_documents")
-        tokens = good.column(C.N_TOKENS)
-        stats = {
-            "documents": documents,
-            "rows_written": pc.sum(ok_docs).as_py() or 0,
-            "rows_errored": errored,
-            "output_rows": good.num_rows,
-            "tokens": pc.sum(tokens).as_py() or 0,
-            "padded_slots": pc.sum(good.column(C.PADDED_SLOTS)).as_py() or 0,
-            "windows": pc.sum(good.column("_n_windows")).as_py() or 0,
-            "truncated": pc.sum(pc.cast(good.column(C.TRUNCATED), pa.int64())).as_py() or 0,
-            "largest_document_tokens": pc.max(tokens).as_py() or 0 if good.num_rows else 0,
-        }
-        return pa.table({k: pa.array([int(v)], type=pa.int64()) for k, v in stats.items()})
-
-    def _write(self, table: pa.Table, with_place: pa.Table, subdir: str) -> None:
-        shard = with_place.column(C.SHARD)[0].as_py()
-        first_row = pc.min(with_place.column(C.ROW)).as_py()
-        # A batch may span shards; it is named after its first. The suffix keeps two batches that
-        # start at the same place (one per granularity split) from clashing.
-        name = f"{self.shard_names[shard]}-r{first_row:010d}-{uuid.uuid4().hex[:6]}.parquet"
-        directory = join(self.output_path, subdir) if subdir else self.output_path
-        path = strip_protocol(join(directory, name)) if "://" in directory else join(directory, name)
-        self.fs.makedirs(strip_protocol(directory) if "://" in directory else directory, exist_ok=True)
-        with self.fs.open(path, "wb") as f:
-            pq.write_table(table, f, row_group_size=self.rows_per_file)
+        shard_col = batch.column(C.SHARD).to_numpy()
+        stats = {name: [] for name in PROGRESS_COLUMNS}
+        for shard in np.unique(shard_col):
+            part = batch.filter(pa.array(shard_col == shard)).drop_columns([C.SHARD])
+            rows = np.unique(part.column(C.ROW).to_numpy())
+            # Named by the rows it holds: the same batch retried gives the same name.
+            digest = hashlib.sha1(rows.astype("<i8").tobytes()).hexdigest()[:12]
+            key = self.shard_keys[int(shard)]
+            self.output.write_table(f"{STAGING_DIR}/{key}/r{rows[0]:012d}-{digest}.parquet", part)
+            stats["shard"].append(int(shard))
+            stats["documents"].append(int(pc.sum(part.column(DOCUMENTS)).as_py() or 0))
+            stats["rows_errored"].append(int(pc.sum(pc.is_valid(part.column(C.ERROR))).as_py() or 0))
+            stats["tokens"].append(int(pc.sum(part.column(C.N_TOKENS)).as_py() or 0))
+        return pa.table({k: pa.array(v, type=pa.int64()) for k, v in stats.items()})
 
 
-def clear_output(output_path: str, storage=None) -> int:
-    """Remove a previous run's result files, errors and summary under output_path; returns files removed.
-    Only files this job writes are touched (Parquet files, `_errors/`, `_SUMMARY.json`)."""
-    fs = filesystem_for(output_path, storage)
-    root = strip_protocol(output_path).rstrip("/")
-    if not fs.exists(root):
-        return 0
-    removed = 0
-    for f in fs.find(root):
-        rel = f[len(root):].lstrip("/")
-        if rel == SUMMARY or (rel.endswith(".parquet") and ("/" not in rel or rel.startswith(ERRORS_DIR + "/"))):
-            fs.rm(f)
-            removed += 1
-    return removed
+def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: int, file_metadata: dict[str, str],
+                   marker: dict) -> dict:
+    """Turn a shard's parts into its final files and marker; returns the marker.
+    Raises ShardIncomplete when some of its `rows_read` rows are not in the parts."""
+    table = _rows_once(output, key, rows_read)
+    order = pc.sort_indices(table, sort_keys=[(C.ROW, "ascending")])  # stable: tokens stay in order
+    table = table.take(order)
+    is_error = pc.is_valid(table.column(C.ERROR))
+    good = table.filter(pc.invert(is_error))
+    bad = table.filter(is_error)
+    internal = [n for n in table.schema.names if n.startswith("_")]
+    results = good.drop_columns(internal).replace_schema_metadata(file_metadata)
+    errors = pa.table({
+        "id": bad.column(C.ID),
+        "error": bad.column(C.ERROR),
+        "shard": pa.array([key] * bad.num_rows, type=pa.string()),
+        "row": bad.column(C.ROW),
+    }).replace_schema_metadata(file_metadata)
+    files = _chunks(results, key, "", rows_per_file)
+    error_files = _chunks(errors, key, ERRORS_DIR + "/", rows_per_file)
+
+    # Record what is about to be written, so a crash in the middle leaves files a rerun can name.
+    output.write_json(pending_file(key), {"files": list(files) + list(error_files)})
+    for rel, chunk in {**files, **error_files}.items():
+        output.write_table(rel, chunk)
+    tokens = good.column(C.N_TOKENS)
+    marker = {
+        **marker,
+        "key": key,
+        "rows": rows_read,
+        "rows_written": int(pc.sum(good.column(DOCUMENTS)).as_py() or 0),
+        "rows_errored": bad.num_rows,
+        "output_rows": good.num_rows,
+        "tokens": int(pc.sum(tokens).as_py() or 0),
+        "padded_token_slots": int(pc.sum(good.column(C.PADDED_SLOTS)).as_py() or 0),
+        "windows": int(pc.sum(good.column(N_WINDOWS)).as_py() or 0),
+        "documents_truncated": int(pc.sum(pc.cast(good.column(C.TRUNCATED), pa.int64())).as_py() or 0),
+        "largest_document_tokens": int(pc.max(tokens).as_py() or 0) if good.num_rows else 0,
+        "top_errors": top_reasons(bad.column(C.ERROR).to_pylist()),
+        "files": list(files),
+        "error_files": list(error_files),
+        "finished_at": time.time(),
+    }
+    if marker["rows_written"] + marker["rows_errored"] != rows_read:  # a bug of ours, never silence
+        raise ShardIncomplete(f"{key}: {marker['rows_written']} written + {marker['rows_errored']} errored "
+                              f"!= {rows_read} read")
+    output.write_json(marker_file(key), marker)
+    output.remove([pending_file(key), *output.list(f"{STAGING_DIR}/{key}", ".parquet")])
+    return marker
 
 
-def write_summary(output_path: str, summary: dict, storage=None) -> str:
-    fs = filesystem_for(output_path, storage)
-    root = strip_protocol(output_path).rstrip("/")
-    fs.makedirs(root, exist_ok=True)
-    path = f"{root}/{SUMMARY}"
-    with fs.open(path, "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=False)
-        f.write("\n")
-    return path
+def _rows_once(output: OutputDir, key: str, rows_read: int) -> pa.Table:
+    """Every row of the shard's parts, each input row from one part only."""
+    seen = np.zeros(rows_read, dtype=bool)
+    kept = []
+    for rel in output.list(f"{STAGING_DIR}/{key}", ".parquet"):
+        part = output.read_table(rel)
+        rows = part.column(C.ROW).to_numpy()
+        if rows.size and rows.max() >= rows_read:
+            raise ShardIncomplete(f"{key}: a part holds row {rows.max()}, but the shard has {rows_read} rows")
+        fresh = ~seen[rows]  # a document's several token rows share one row index and stay together
+        kept.append(part.filter(pa.array(fresh)))
+        seen[rows] = True
+    if not seen.all():
+        missing = np.flatnonzero(~seen)
+        raise ShardIncomplete(f"{key}: {missing.size} of {rows_read} rows not written yet (first: row {missing[0]})")
+    return pa.concat_tables(kept, promote_options="default")
+
+
+def _chunks(table: pa.Table, key: str, prefix: str, rows_per_file: int) -> dict[str, pa.Table]:
+    return {prefix + result_file(key, i): table.slice(start, rows_per_file)
+            for i, start in enumerate(range(0, table.num_rows, rows_per_file))}
+
+
+_LINE_PREFIX = re.compile(r"^line \d+: ")
+
+
+def top_reasons(errors: list[str], n: int = 5) -> dict[str, int]:
+    """The most common error reasons, with the line number that makes each unique taken off."""
+    return dict(Counter(_LINE_PREFIX.sub("", e) for e in errors).most_common(n))

@@ -22,7 +22,9 @@ class InputSpec(_Strict):
     path: str = Field(description="Input shards: a file, a directory, or a glob; local or `s3://`.")
     format: Literal["parquet", "jsonl"] | None = Field(
         None,
-        description="`parquet` or `jsonl`; inferred from the extension (.parquet, .jsonl, .json, .jsonl.gz) when omitted.",
+        description="`parquet` or `jsonl`; inferred from the extension when omitted (.parquet, .pq; .jsonl, .json, "
+        ".ndjson, each optionally .gz, .gzip, .bz2, .zst, .zstd). A file in an input directory whose format cannot be "
+        "inferred is an error before any work unless this is set; files starting with `_` or `.` are skipped.",
     )
     id_column: str = Field(
         "id",
@@ -146,11 +148,21 @@ HeadSpec = Annotated[
 
 
 class OutputSpec(_Strict):
-    path: str = Field(description="Output prefix, local or `s3://`; results, `_errors/` and `_SUMMARY.json` go here.")
+    path: str = Field(
+        description="Output prefix, local or `s3://`; results, `_errors/`, the per-shard markers and `_SUMMARY.json` "
+        "go here. Must not be, contain or lie inside the input path."
+    )
     granularity: Literal["document", "token"] = Field(
         "document", description="`document`: one row per input row; `token`: one row per non-special token."
     )
-    rows_per_file: int = Field(100_000, ge=1, description="Rows at most in one output Parquet file.")
+    rows_per_file: int = Field(
+        100_000, ge=1, description="Rows at most in one output Parquet file; a shard's results are split into "
+        "`<shard>-00000.parquet`, `<shard>-00001.parquet`, ... of at most this many rows."
+    )
+    max_error_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="A run in which more than this share of the rows read became error rows "
+        "exits 1 (with the count and the top reasons) and writes no `_SUMMARY.json`; 1.0 never fails on errors."
+    )
 
 
 class StorageSpec(_Strict):
@@ -227,6 +239,18 @@ class JobSpec(_Strict):
         if self.input.text_pair_column and self.model.head != "sequence-classification":
             raise ValueError("input.text_pair_column: only the sequence-classification head takes text pairs")
         return self
+
+    def result_fields(self) -> dict[str, Any]:
+        """The spec keys that change what a shard's results are (dotted key -> value), for the shard
+        markers' fingerprint. Paths of the input and output, resources, batching and file sizes are
+        left out: they change where and how fast, not what."""
+        fields = {f"input.{k}": v for k, v in self.input.model_dump().items() if k.endswith("_column")}
+        model = self.model.model_dump(exclude={"allow_random_head", "trust_remote_code", "allow_pickle"})
+        model["stride"] = self.model.effective_stride
+        fields |= {f"model.{k}": v for k, v in model.items()}
+        fields |= {f"head.{k}": v for k, v in (self.head.model_dump(exclude={"kind"}) if self.head else {}).items()}
+        fields["output.granularity"] = self.output.granularity
+        return fields
 
 
 class SpecError(ValueError):

@@ -3,7 +3,26 @@ endpoint. Credentials come from the standard AWS environment variables and chain
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import fsspec
+
+# Stores throttle (503 SlowDown) and drop connections under load; jobs must ride that out, yet fail
+# within a minute when the endpoint is gone. Two retry layers:
+# - botocore retries each HTTP request: "standard" mode retries 500/502/503/504, throttling codes
+#   (SlowDown included), refused/reset connections and timeouts, after full-jitter backoff of up to
+#   1, 2, 4, 8, 16, 20 s. ("adaptive" adds a rate limiter learnt per client, but every worker and
+#   call site has its own client, and failures that do not come from a rate would slow it for nothing.)
+# - s3fs retries the whole call once more after SlowDown, dropped connections, read timeouts and bodies
+#   that break off mid-read (which botocore never sees); not after refused connections or other errors.
+#   s3fs 2026.9 takes no `retries=` argument (it would reach AioSession and fail), hence the attribute.
+# So 30% failing requests fail a call with odds of 0.3 ** 7 ~ 2e-4 or less, and an endpoint that refuses
+# connections fails after at most 51 s of backoff (25 s on average); one that drops packets adds up
+# to 7 connect timeouts of 3 s. A reachable store answers a connect in milliseconds.
+S3_ATTEMPTS_PER_REQUEST = 7
+S3_RETRIES_PER_CALL = 2
+S3_CONNECT_TIMEOUT_S = 3
+S3_READ_TIMEOUT_S = 15  # s3fs's default: the longest silence allowed within one response
 
 
 def protocol_of(path: str) -> str:
@@ -23,10 +42,67 @@ def filesystem_for(path: str, storage=None) -> fsspec.AbstractFileSystem:
         if storage is not None and storage.region:
             client_kwargs["region_name"] = storage.region
         # skip_instance_cache: a fresh client per call site, so a changed endpoint is never reused stale.
-        return fsspec.filesystem("s3", client_kwargs=client_kwargs, skip_instance_cache=True)
+        config_kwargs = {  # a fresh dict each time: botocore normalises the retries entry in place
+            "retries": {"total_max_attempts": S3_ATTEMPTS_PER_REQUEST, "mode": "standard"},
+            "connect_timeout": S3_CONNECT_TIMEOUT_S,
+            "read_timeout": S3_READ_TIMEOUT_S,
+        }
+        fs = fsspec.filesystem(
+            "s3", client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True
+        )
+        fs.retries = S3_RETRIES_PER_CALL
+        return fs
     if protocol == "file":
         return fsspec.filesystem("file")
     return fsspec.filesystem(protocol)
+
+
+_THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
+_CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+
+
+def describe_storage_error(exc: BaseException) -> str:
+    """A short sentence fragment for a failed storage call, for one-line job errors. s3fs turns botocore
+    errors into OSErrors and botocore wraps aiohttp's, so the telling exception can sit anywhere in the
+    chain: the first botocore one wins, the outermost message is the fallback."""
+    from botocore.exceptions import ClientError, ConnectTimeoutError, HTTPClientError, NoCredentialsError
+    from botocore.exceptions import ConnectionError as EndpointError
+
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for e in chain:
+        if isinstance(e, ClientError):
+            return _describe_client_error(e)
+        if isinstance(e, NoCredentialsError):
+            return "no AWS credentials found"
+        if isinstance(e, (EndpointError, HTTPClientError)):
+            url = urlsplit(e.kwargs.get("endpoint_url") or "")
+            endpoint = f"S3 endpoint {url.scheme}://{url.netloc}" if url.netloc else "S3 endpoint"
+            if isinstance(e, ConnectTimeoutError):
+                return f"{endpoint} unreachable (connect timed out)"
+            if any(isinstance(c, ConnectionRefusedError) for c in chain):
+                return f"{endpoint} unreachable (connection refused)"
+            if any(isinstance(c, ConnectionResetError) for c in chain):
+                return f"{endpoint} reset the connection, also on retries"
+            return f"{endpoint} failed: {e}"
+    return str(chain[0]) or type(chain[0]).__name__
+
+
+def _describe_client_error(e) -> str:
+    error = e.response.get("Error", {})
+    code = error.get("Code", "")
+    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code in _THROTTLING_CODES or status >= 500:
+        return f"S3 answered {status} {code} after retries"
+    if code in _CREDENTIAL_CODES or status == 403:
+        return "access denied (check the AWS credentials)"
+    if code == "NoSuchBucket":
+        return f"no such bucket {error['BucketName']!r}" if error.get("BucketName") else "no such bucket"
+    if code in ("NoSuchKey", "404"):
+        return f"no such object {error['Key']!r}" if error.get("Key") else "no such object"
+    return f"S3 error {code or status}: {error.get('Message', e)}"
 
 
 def join(prefix: str, *parts: str) -> str:

@@ -1,0 +1,132 @@
+"""The output folder: the names of what the job writes there, and whole-file reads and writes.
+
+    output.path/
+      <shard>-00000.parquet ...        results of input shard <shard> (pipeline.sources.Shard.key)
+      _errors/<shard>-00000.parquet    its error rows (id, error, shard, row)
+      _shards/<shard>.json             marker: every row of <shard> is written or recorded as an error
+      _shards/<shard>.pending.json     files a shard's finalisation is about to write (removed after)
+      _staging/<shard>/r*.parquet      parts of a shard in flight, one per batch (removed once final)
+      _LEASE.json                      the active run (id, host, pid, heartbeat)
+      _PROGRESS.json                   a run that has not finished: what is done, what failed
+      _SUMMARY.json, _SUCCESS          written last, when every shard is done
+
+Every file the job writes appears whole or not at all: locally under a temporary name, then renamed;
+on S3 in one PUT (a multipart upload is invisible until completed). The job removes only these
+names, and result files only when a marker or a pending record lists them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.storage import filesystem_for, protocol_of, strip_protocol
+
+ERRORS_DIR = "_errors"
+MARKERS_DIR = "_shards"
+STAGING_DIR = "_staging"
+LEASE = "_LEASE.json"
+PROGRESS = "_PROGRESS.json"
+SUMMARY = "_SUMMARY.json"
+SUCCESS = "_SUCCESS"
+
+
+def result_file(key: str, i: int) -> str:
+    return f"{key}-{i:05d}.parquet"
+
+
+def marker_file(key: str) -> str:
+    return f"{MARKERS_DIR}/{key}.json"
+
+
+def pending_file(key: str) -> str:
+    return f"{MARKERS_DIR}/{key}.pending.json"
+
+
+class OutputDir:
+    """Files under output.path by their relative names (the layout above)."""
+
+    def __init__(self, path: str, storage=None):
+        self.path = path.rstrip("/")
+        self.storage = storage
+        self.local = protocol_of(path) == "file"
+        self.root = os.path.abspath(self.path) if self.local else strip_protocol(self.path)
+        self._fs = None
+
+    @property
+    def fs(self):
+        if self._fs is None:  # made lazily: an OutputDir travels to Ray tasks without a live client
+            self._fs = filesystem_for(self.path, self.storage)
+        return self._fs
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fs": None}
+
+    def full(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        path = self.full(rel)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2) + "\n").encode())
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(rel, buf.getvalue())
+
+    def read_table(self, rel: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.fs.cat_file(self.full(rel))))
+
+    def read_json(self, rel: str):
+        """The parsed file, or None when it does not exist."""
+        try:
+            return json.loads(self.fs.cat_file(self.full(rel)))
+        except FileNotFoundError:
+            return None
+
+    def read_jsons(self, rels: list[str]) -> dict[str, object]:
+        """Several small JSON files at once (s3fs fetches a list concurrently)."""
+        if not rels:
+            return {}
+        got = self.fs.cat([self.full(r) for r in rels], on_error="omit")
+        return {self._rel(p): json.loads(data) for p, data in got.items()}
+
+    def list(self, rel_dir: str, suffix: str = "") -> list[str]:
+        """Relative names of the files directly in rel_dir that end with suffix (sorted)."""
+        self.fs.invalidate_cache()  # s3fs caches listings; other processes write here
+        try:
+            found = self.fs.ls(self.full(rel_dir), detail=False)
+        except FileNotFoundError:
+            return []
+        names = sorted(self._rel(p) for p in found)
+        return [n for n in names if n.endswith(suffix) and not n.rsplit("/", 1)[-1].startswith(".")]
+
+    def exists(self, rel: str) -> bool:
+        self.fs.invalidate_cache()
+        return self.fs.exists(self.full(rel))
+
+    def remove(self, rels: list[str]) -> int:
+        """Remove these files (missing ones are fine); returns how many were there."""
+        present = [r for r in rels if self.exists(r)]
+        if present:
+            self.fs.rm([self.full(r) for r in present])
+        return len(present)
+
+    def _rel(self, path: str) -> str:
+        path = strip_protocol(path)
+        return path[len(self.root) :].lstrip("/") if path.startswith(self.root) else path

@@ -1,0 +1,75 @@
+"""The run's record, built from the shard markers: `_SUMMARY.json` + `_SUCCESS` when every shard is done
+and the errors are within `output.max_error_fraction`; otherwise `_PROGRESS.json`, never the summary."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from pipeline.output import PROGRESS, SUCCESS, SUMMARY, OutputDir
+
+_SUMMED = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
+           "documents_truncated")
+
+
+def totals(markers: list[dict]) -> dict:
+    """Counts over shard markers."""
+    t = {k: sum(m[k] for m in markers) for k in _SUMMED}
+    t["rows_read"] = t.pop("rows")
+    t["largest_document_tokens"] = max((m["largest_document_tokens"] for m in markers), default=0)
+    reasons: Counter = Counter()
+    for m in markers:
+        reasons.update(m.get("top_errors", {}))
+    t["top_errors"] = dict(reasons.most_common(5))
+    return t
+
+
+def error_verdict(t: dict, max_error_fraction: float) -> str | None:
+    """One sentence when too many rows errored, else None."""
+    if not t["rows_read"] or t["rows_errored"] <= max_error_fraction * t["rows_read"]:
+        return None
+    reasons = "; ".join(f"{reason} ({n})" for reason, n in t["top_errors"].items())
+    return (f"{t['rows_errored']} of {t['rows_read']} rows errored, more than output.max_error_fraction "
+            f"({max_error_fraction:g}) allows: {reasons}")
+
+
+def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int) -> dict:
+    return {
+        "status": "complete",
+        "rows_read": t["rows_read"],
+        "rows_written": t["rows_written"],
+        "rows_errored": t["rows_errored"],
+        "output_rows": t["output_rows"],
+        "tokens": t["tokens"],
+        "padded_token_slots": t["padded_token_slots"],
+        "padding_waste": round(t["padded_token_slots"] / t["tokens"], 4) if t["tokens"] else 0.0,
+        "windows": t["windows"],
+        "documents_truncated": t["documents_truncated"],
+        "largest_document_tokens": t["largest_document_tokens"],
+        "top_errors": t["top_errors"],
+        "wall_seconds": round(wall, 3),
+        # Over the tokens this run computed (shards resumed from an earlier run are not counted).
+        "tokens_per_second": round(tokens_this_run / wall, 1) if wall else 0.0,
+        **run,
+    }
+
+
+def write_complete(output: OutputDir, summary: dict) -> None:
+    output.write_json(SUMMARY, summary)
+    output.write_bytes(SUCCESS, b"")  # last: schedulers wait for it (Spark / Airflow convention)
+    output.remove([PROGRESS])
+
+
+def write_progress(output: OutputDir, status: str, *, run: dict, shards_total: int, done: list[str],
+                   failed: dict[str, str], reason: str | None = None, t: dict | None = None) -> None:
+    output.write_json(PROGRESS, {
+        "status": status,
+        "reason": reason,
+        "shards": shards_total,
+        "shards_done": len(done),
+        "shards_failed": failed,
+        "shards_pending": shards_total - len(done) - len(failed),
+        **({k: t[k] for k in ("rows_read", "rows_written", "rows_errored", "top_errors")} if t else {}),
+        "updated_at": time.time(),
+        **run,
+    })
