@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline.heads import head_class
-from pipeline.lease import Lease
-from pipeline.markers import plan_resume, fingerprint
+from pipeline.lease import Lease, RunActive
+from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
 from pipeline.output import OutputDir
 from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import InputError, ShardReader, ShardUnreadable, list_shards, probe_id_type, shard_columns
@@ -161,49 +161,61 @@ def run(spec, progress=None, fresh: bool = False) -> dict:
     fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
     try:
         lease = Lease(output).acquire()
-    except OSError as e:
+    except RunActive:
+        raise
+    except Exception as e:  # noqa: BLE001 - botocore's errors are not OSErrors
         raise InputError(f"output.path: cannot write to {output.path} ({describe_storage_error(e)})") from None
     try:
-        plan = plan_resume(output, shards, fields, fresh)
-        removed = output.remove(plan.remove)
-        if plan.done or removed:
-            progress(f"{len(plan.done)} of {len(shards)} shard(s) done by an earlier run; "
-                     f"removed {removed} file(s) of unfinished shards")
-        record = {
-            "run_id": lease.run_id, "fingerprint": fingerprint(fields), "model": spec.model.path,
-            "model_revision": facts["model"]["revision"], "head": spec.model.head,
-            "granularity": spec.output.granularity, "input": spec.input.path, "output": spec.output.path,
-        }
-        markers = dict(plan.done)
-        failed: dict[str, str] = {}
-        error: str | None = None
-        if plan.todo:
-            try:
-                _process(spec, shards, plan.todo, output, fields, record, lease, markers, failed, progress, started)
-            except JobFailed as e:
-                error = str(e)
-        t = totals([markers[s.key] for s in shards if s.key in markers])
-        run_info = {**record, "shards": len(shards), "shards_resumed": len(plan.done),
-                    "shards_run": len(markers) - len(plan.done)}
-        if error is None and failed:
-            first = next(iter(failed.values()))
-            error = (f"{len(failed)} of {len(shards)} shard(s) could not be read ({first}); the other shards are "
-                     "done: rerun the same command to retry the failed ones")
-        if error is None:
-            error = error_verdict(t, spec.output.max_error_fraction)
-            status = "failed" if error else "complete"
-        else:
-            status = "incomplete"
-        if error:
-            write_progress(output, status, run=run_info, shards_total=len(shards), done=list(markers),
-                           failed=failed, reason=error, t=t)
-            raise JobFailed(f"{error} (see {output.path}/_PROGRESS.json)")
-        tokens_this_run = sum(m["tokens"] for k, m in markers.items() if k not in plan.done)
-        summary = build_summary(t, run=run_info, wall=time.time() - started, tokens_this_run=tokens_this_run)
-        write_complete(output, summary)
-        return summary
+        return _run_leased(spec, shards, facts, output, fields, lease, fresh, progress, started)
+    except (JobFailed, SpecError, InputError, FingerprintMismatch):
+        raise
+    except Exception as e:  # noqa: BLE001 - storage failing between the stages: one sentence, and resumable
+        raise JobFailed(f"the job stopped: {_root_cause(e)}; finished shards are kept, rerun the same command to "
+                        "resume") from e
     finally:
         lease.release()
+
+
+def _run_leased(spec, shards, facts, output, fields, lease, fresh, progress, started) -> dict:
+    """`run` once the lease is held: resume plan, the work, then the summary or a progress record."""
+    plan = plan_resume(output, shards, fields, fresh)
+    removed = output.remove(plan.remove)
+    if plan.done or removed:
+        progress(f"{len(plan.done)} of {len(shards)} shard(s) done by an earlier run; "
+                 f"removed {removed} file(s) of unfinished shards")
+    record = {
+        "run_id": lease.run_id, "fingerprint": fingerprint(fields), "model": spec.model.path,
+        "model_revision": facts["model"]["revision"], "head": spec.model.head,
+        "granularity": spec.output.granularity, "input": spec.input.path, "output": spec.output.path,
+    }
+    markers = dict(plan.done)
+    failed: dict[str, str] = {}
+    error: str | None = None
+    if plan.todo:
+        try:
+            _process(spec, shards, plan.todo, output, fields, record, lease, markers, failed, progress, started)
+        except JobFailed as e:
+            error = str(e)
+    t = totals([markers[s.key] for s in shards if s.key in markers])
+    run_info = {**record, "shards": len(shards), "shards_resumed": len(plan.done),
+                "shards_run": len(markers) - len(plan.done)}
+    if error is None and failed:
+        first = next(iter(failed.values()))
+        error = (f"{len(failed)} of {len(shards)} shard(s) did not finish ({first}); the other shards are done: "
+                 "rerun the same command to retry the failed ones")
+    if error is None:
+        error = error_verdict(t, spec.output.max_error_fraction)
+        status = "failed" if error else "complete"
+    else:
+        status = "incomplete"
+    if error:
+        write_progress(output, status, run=run_info, shards_total=len(shards), done=list(markers),
+                       failed=failed, reason=error, t=t)
+        raise JobFailed(f"{error} (see {output.path}/_PROGRESS.json)")
+    tokens_this_run = sum(m["tokens"] for k, m in markers.items() if k not in plan.done)
+    summary = build_summary(t, run=run_info, wall=time.time() - started, tokens_this_run=tokens_this_run)
+    write_complete(output, summary)
+    return summary
 
 
 class ReadLedger:

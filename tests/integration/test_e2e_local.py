@@ -1,6 +1,6 @@
 """End to end through Ray on local files (in-process `pipeline.job.run`, one Ray session): bad rows
 become error rows with reasons, ids keep their input type, inputs without ids get stable ids, and a
-re-run overwrites instead of duplicating."""
+re-run resumes instead of duplicating."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _spec(input_path, output_path, model_dir, **output):
             "input": {"path": str(input_path)},
             "model": {"path": model_dir, "head": "token-classification", "max_length": 32},
             "head": {"aggregation_strategy": "simple"},
-            "output": {"path": str(output_path), **output},
+            "output": {"path": str(output_path), "max_error_fraction": 1.0, **output},  # deliberate bad rows
             "resources": SMALL_RESOURCES,
         }
     )
@@ -137,7 +137,7 @@ def test_parquet_without_id_column_gets_stable_ids(parquet_job, tiny_ner_dir):
     assert "text is null" in err["error"]
 
 
-def test_rerun_overwrites_instead_of_duplicating(parquet_job):
+def test_rerun_resumes_instead_of_duplicating(parquet_job):
     from pipeline.job import run
 
     spec, first, out_dir = parquet_job
@@ -152,7 +152,13 @@ def test_rerun_overwrites_instead_of_duplicating(parquet_job):
         assert second[key] == first[key], key
     assert sum(t.num_rows for _, t in after["results"]) == sum(t.num_rows for _, t in before["results"])
     assert sum(t.num_rows for _, t in after["errors"]) == sum(t.num_rows for _, t in before["errors"]) == 1
-    # The first run's files are gone (names carry a random suffix, so none survives a re-run).
-    assert not {n for n, _ in before["results"]} & {n for n, _ in after["results"]}
+    # Both shards were done: resumed from their markers, the same files (names follow the shard).
+    assert (second["shards_resumed"], second["shards_run"]) == (2, 0)
+    names = [n for n, _ in after["results"]]
+    assert names == [n for n, _ in before["results"]]
+    per_shard = {s: [n for n in names if n.startswith(f"{s}-")] for s in ("part-0", "part-1")}
+    assert all(ns == [f"{s}-{i:05d}.parquet" for i in range(len(ns))] for s, ns in per_shard.items())
+    assert sum(map(len, per_shard.values())) == len(names)
+    assert max(t.num_rows for _, t in after["results"]) == 4  # output.rows_per_file caps every file
     assert sorted(r["id"] for r in rows(after["results"])) == sorted(r["id"] for r in rows(before["results"]))
     assert keep.read_text() == "mine"

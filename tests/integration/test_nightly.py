@@ -137,7 +137,7 @@ def test_a_corrupt_shard_among_good_ones_fails_alone_and_a_rerun_retries_it(tmp_
                    src / "d.parquet")
     spec = _spec(src, out, tiny_ner_dir)
 
-    with pytest.raises(JobFailed, match=r"2 of 4 shard\(s\) could not be read \((b\.jsonl\.gz|c\.parquet): "):
+    with pytest.raises(JobFailed, match=r"2 of 4 shard\(s\) did not finish \((b\.jsonl\.gz|c\.parquet): "):
         _run(spec)
     progress = json.loads((out / "_PROGRESS.json").read_text())
     assert progress["status"] == "incomplete"
