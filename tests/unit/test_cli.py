@@ -215,3 +215,30 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["validate"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_text_column_the_input_lacks_exits_2_before_any_work(tmp_path, docs, minilm_dir, capsys, command):
+    spec = write_spec(tmp_path, embedding_spec(docs, minilm_dir, tmp_path / "out"))
+    assert main([command, str(spec), "--set", "input.text_column=body"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line == "error: input.text_column: column 'body' not in docs.jsonl (it has: id, text)"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "containing"])
+def test_an_output_path_overlapping_the_input_exits_2(tmp_path, docs, minilm_dir, capsys, where):
+    out = {"same": docs.parent, "inside": docs.parent / "results", "containing": docs.parent.parent}[where]
+    spec = write_spec(tmp_path, embedding_spec(docs.parent, minilm_dir, out))
+    assert main(["run", str(spec)]) == 2
+    assert "output.path" in one_line_error(capsys.readouterr().err)
+    assert sorted(p.name for p in docs.parent.iterdir()) == ["docs.jsonl", "spec.yaml"]
+
+
+def test_an_unwritable_output_exits_2_on_validate(tmp_path, docs, minilm_dir, capsys):
+    blocker = tmp_path / "a-file"  # a folder cannot be made below a file, whoever runs the test
+    blocker.write_text("not a folder")
+    spec = write_spec(tmp_path, embedding_spec(docs, minilm_dir, blocker / "out"))
+    assert main(["validate", str(spec)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith(f"error: output.path: cannot write to {blocker / 'out'} (") and "a-file" in line
