@@ -15,7 +15,6 @@ import os
 import sys
 import time
 
-import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline.heads import head_class

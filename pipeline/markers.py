@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from pipeline.output import (
-    ERRORS_DIR, MARKERS_DIR, PROGRESS, STAGING_DIR, SUCCESS, SUMMARY, OutputDir, marker_file, pending_file,
+    ERRORS_DIR, MARKERS_DIR, PROGRESS, STAGING_DIR, SUCCESS, SUMMARY, OutputDir, marker_file,
 )
 
 

@@ -186,7 +186,6 @@ def load_config(model_dir: str, trust_remote_code: bool = False):
 
 def load_model(model_dir: str, head, model_spec, device: str = "cpu", dtype=None, check_head: bool = True):
     """Load the head's AutoModel class; refuse a checkpoint whose head weights would be random."""
-    import torch
     import transformers
 
     from transformers.utils import logging as hf_logging

@@ -5,7 +5,6 @@ device; Ray-free, so a GPU benchmark calls it directly."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import numpy as np

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from pipeline import columns as C
 from pipeline.heads.base import RowError, WindowedTextHead
