@@ -18,13 +18,13 @@ import time
 
 from pipeline import columns as C
 from pipeline.heads import head_class
-from pipeline.lease import Lease, RunActive
+from pipeline.lease import Lease
 from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
-from pipeline.output import OutputDir
+from pipeline.output import OutputDir, StorageFailed
 from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import InputError, ShardReader, ShardUnreadable, list_shards, probe_id_type, shard_columns
 from pipeline.spec import SpecError
-from pipeline.storage import describe_storage_error, protocol_of, strip_protocol
+from pipeline.storage import protocol_of, strip_protocol
 from pipeline.summary import build_summary, error_verdict, totals, write_complete, write_progress
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,10 @@ def _check_writable(output: OutputDir) -> None:
         probe = f".write-probe-{os.getpid()}"
         output.write_bytes(probe, b"")
         output.remove([probe])
-    except Exception as e:  # noqa: BLE001 - any storage error means the same to the user
-        raise InputError(f"output.path: cannot write to {output.path} ({describe_storage_error(e)})") from None
+    except StorageFailed as e:
+        raise InputError(f"output.path: {e}") from None
+    except OSError as e:
+        raise InputError(f"output.path: cannot write to {output.path} ({e})") from None
 
 
 def _init_ray(spec, cpus_needed: float) -> bool:
@@ -160,10 +162,8 @@ def run(spec, progress=None, fresh: bool = False) -> dict:
     fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
     try:
         lease = Lease(output).acquire()
-    except RunActive:
-        raise
-    except Exception as e:  # noqa: BLE001 - botocore's errors are not OSErrors
-        raise InputError(f"output.path: cannot write to {output.path} ({describe_storage_error(e)})") from None
+    except (StorageFailed, OSError) as e:
+        raise InputError(f"output.path: {e}") from None
     try:
         return _run_leased(spec, shards, facts, output, fields, lease, fresh, progress, started)
     except (JobFailed, SpecError, InputError, FingerprintMismatch):
@@ -402,16 +402,19 @@ def _drain(in_flight: dict, markers: dict, by_index: dict) -> None:
 
 
 def _root_cause(e: BaseException) -> str:
-    """The deepest exception with a message, in one line (Ray wraps worker errors several times and
-    appends its own advice; the first line of the original message is the one that names the cause)."""
-    best = e
+    """What went wrong, in one line. Ray re-raises a worker's error as a RayTaskError whose message
+    starts with the original's `module.Class: message` line (the wrapped objects lose their chain on
+    the way, and Ray appends its advice); our own StorageFailed says it all in its message."""
+    from ray.exceptions import RayTaskError
+
     seen: BaseException | None = e
     while seen is not None:
-        if str(seen).strip():
-            best = seen
+        if isinstance(seen, StorageFailed):
+            return str(seen)
+        if isinstance(seen, RayTaskError):
+            first = str(seen).strip().splitlines()[0]
+            name, _, message = first.partition(": ")
+            return message if name.endswith(".StorageFailed") else f"{name.rsplit('.', 1)[-1]}: {message}"
         seen = getattr(seen, "cause", None) or seen.__cause__
-    described = describe_storage_error(best)
-    if described != (str(best) or type(best).__name__):  # it recognised a storage failure
-        return described
-    lines = [line.strip() for line in str(best).strip().splitlines() if line.strip()]
-    return f"{type(best).__name__}: {lines[0] if lines else ''}"
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"

@@ -17,6 +17,7 @@ names, and result files only when a marker or a pending record lists them.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem_for, protocol_of, strip_protocol
+from pipeline.storage import describe_storage_error, filesystem_for, protocol_of, strip_protocol
 
 ERRORS_DIR = "_errors"
 MARKERS_DIR = "_shards"
@@ -46,6 +47,25 @@ def marker_file(key: str) -> str:
 
 def pending_file(key: str) -> str:
     return f"{MARKERS_DIR}/{key}.pending.json"
+
+
+class StorageFailed(RuntimeError):
+    """Reading or writing the output failed beyond the retries; the message says why in a few words.
+    Raised inside Ray tasks too, so the reason survives Ray's wrapping as the error's first line."""
+
+
+def _storage_call(verb: str):
+    def wrap(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except (FileNotFoundError, StorageFailed):
+                raise
+            except Exception as e:  # noqa: BLE001 - botocore's errors are not OSErrors
+                raise StorageFailed(f"cannot {verb} {self.path}: {describe_storage_error(e)}") from e
+        return call
+    return wrap
 
 
 class OutputDir:
@@ -70,6 +90,7 @@ class OutputDir:
     def full(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
+    @_storage_call("write to")
     def write_bytes(self, rel: str, data: bytes) -> None:
         path = self.full(rel)
         if self.local:
@@ -89,9 +110,11 @@ class OutputDir:
         pq.write_table(table, buf)
         self.write_bytes(rel, buf.getvalue())
 
+    @_storage_call("read from")
     def read_table(self, rel: str) -> pa.Table:
         return pq.read_table(io.BytesIO(self.fs.cat_file(self.full(rel))))
 
+    @_storage_call("read from")
     def read_json(self, rel: str):
         """The parsed file, or None when it does not exist."""
         try:
@@ -99,6 +122,7 @@ class OutputDir:
         except FileNotFoundError:
             return None
 
+    @_storage_call("read from")
     def read_jsons(self, rels: list[str]) -> dict[str, object]:
         """Several small JSON files at once (s3fs fetches a list concurrently)."""
         if not rels:
@@ -106,6 +130,7 @@ class OutputDir:
         got = self.fs.cat([self.full(r) for r in rels], on_error="omit")
         return {self._rel(p): json.loads(data) for p, data in got.items()}
 
+    @_storage_call("list")
     def list(self, rel_dir: str, suffix: str = "") -> list[str]:
         """Relative names of the files directly in rel_dir that end with suffix (sorted)."""
         self.fs.invalidate_cache()  # s3fs caches listings; other processes write here
@@ -116,10 +141,12 @@ class OutputDir:
         names = sorted(self._rel(p) for p in found)
         return [n for n in names if n.endswith(suffix) and not n.rsplit("/", 1)[-1].startswith(".")]
 
+    @_storage_call("list")
     def exists(self, rel: str) -> bool:
         self.fs.invalidate_cache()
         return self.fs.exists(self.full(rel))
 
+    @_storage_call("remove files from")
     def remove(self, rels: list[str]) -> int:
         """Remove these files (missing ones are fine); returns how many were there."""
         present = [r for r in rels if self.exists(r)]
