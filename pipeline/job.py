@@ -88,12 +88,15 @@ def _check_paths_apart(input_path: str, output_path: str) -> None:
 
 
 def _check_columns(spec, shards) -> None:
-    """The configured columns exist in the first readable shard (an unreadable one fails later, alone)."""
+    """The configured columns exist in the first readable, non-empty shard (of the first three; an
+    unreadable one fails later, alone)."""
     columns, optional = reader_columns(spec)
     for shard in shards[:3]:
         try:
             have = shard_columns(shard, spec.storage)
         except ShardUnreadable:
+            continue
+        if not have:  # an empty shard tells nothing
             continue
         attr_of = {key: attr for key, attr in head_class(spec.model.head).input_columns.items()}
         for key, user in columns.items():
@@ -382,6 +385,7 @@ def _process(spec, shards, todo, output, fields, record, lease, markers, failed,
         raise JobFailed(f"the job failed while running: {_root_cause(e)}; finished shards are kept, rerun the "
                         "same command to resume") from e
     check_lease()
+    step(final=True)  # also when no batch came back at all (only empty or unreadable shards)
     while in_flight or any(by_index[i].key not in markers and by_index[i].key not in failed for i in rows_read):
         step(final=True)
     for s in todo:  # a shard whose reader never reported (a bug of ours): not done

@@ -63,6 +63,11 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
     """Turn a shard's parts into its final files and marker; returns the marker.
     Raises ShardIncomplete when some of its `rows_read` rows are not in the parts."""
     table = _rows_once(output, key, rows_read)
+    if table is None:  # an empty shard: done, with no files
+        return _write_marker(output, key, {**marker, "rows": 0, "rows_written": 0, "rows_errored": 0,
+                                           "output_rows": 0, "tokens": 0, "padded_token_slots": 0, "windows": 0,
+                                           "documents_truncated": 0, "largest_document_tokens": 0,
+                                           "top_errors": {}, "files": [], "error_files": []})
     order = pc.sort_indices(table, sort_keys=[(C.ROW, "ascending")])  # stable: tokens stay in order
     table = table.take(order)
     is_error = pc.is_valid(table.column(C.ERROR))
@@ -86,7 +91,6 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
     tokens = good.column(C.N_TOKENS)
     marker = {
         **marker,
-        "key": key,
         "rows": rows_read,
         "rows_written": int(pc.sum(good.column(DOCUMENTS)).as_py() or 0),
         "rows_errored": bad.num_rows,
@@ -99,18 +103,22 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
         "top_errors": top_reasons(bad.column(C.ERROR).to_pylist()),
         "files": list(files),
         "error_files": list(error_files),
-        "finished_at": time.time(),
     }
     if marker["rows_written"] + marker["rows_errored"] != rows_read:  # a bug of ours, never silence
         raise ShardIncomplete(f"{key}: {marker['rows_written']} written + {marker['rows_errored']} errored "
                               f"!= {rows_read} read")
+    return _write_marker(output, key, marker)
+
+
+def _write_marker(output: OutputDir, key: str, marker: dict) -> dict:
+    marker = {**marker, "key": key, "finished_at": time.time()}
     output.write_json(marker_file(key), marker)
     output.remove([pending_file(key), *output.list(f"{STAGING_DIR}/{key}", ".parquet")])
     return marker
 
 
-def _rows_once(output: OutputDir, key: str, rows_read: int) -> pa.Table:
-    """Every row of the shard's parts, each input row from one part only."""
+def _rows_once(output: OutputDir, key: str, rows_read: int) -> pa.Table | None:
+    """Every row of the shard's parts, each input row from one part only (None for an empty shard)."""
     seen = np.zeros(rows_read, dtype=bool)
     kept = []
     for rel in output.list(f"{STAGING_DIR}/{key}", ".parquet"):
@@ -124,7 +132,7 @@ def _rows_once(output: OutputDir, key: str, rows_read: int) -> pa.Table:
     if not seen.all():
         missing = np.flatnonzero(~seen)
         raise ShardIncomplete(f"{key}: {missing.size} of {rows_read} rows not written yet (first: row {missing[0]})")
-    return pa.concat_tables(kept, promote_options="default")
+    return pa.concat_tables(kept, promote_options="default") if kept else None
 
 
 def _chunks(table: pa.Table, key: str, prefix: str, rows_per_file: int) -> dict[str, pa.Table]:

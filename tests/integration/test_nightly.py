@@ -135,16 +135,17 @@ def test_a_corrupt_shard_among_good_ones_fails_alone_and_a_rerun_retries_it(tmp_
     (src / "c.parquet").write_bytes((src / "c.parquet").read_bytes()[:-12])  # corrupt footer
     pq.write_table(pa.table({"id": list(range(3000, 3008)), "text": [d["text"] for d in _docs(3, 8)]}),
                    src / "d.parquet")
+    (src / "e.jsonl").write_text("")  # empty: done, with no files
     spec = _spec(src, out, tiny_ner_dir)
 
-    with pytest.raises(JobFailed, match=r"2 of 4 shard\(s\) did not finish \((b\.jsonl\.gz|c\.parquet): "):
+    with pytest.raises(JobFailed, match=r"2 of 5 shard\(s\) did not finish \((b\.jsonl\.gz|c\.parquet): "):
         _run(spec)
     progress = json.loads((out / "_PROGRESS.json").read_text())
     assert progress["status"] == "incomplete"
     assert set(progress["shards_failed"]) == {"b", "c"}
     assert "b.jsonl.gz" in progress["shards_failed"]["b"] and "c.parquet" in progress["shards_failed"]["c"]
     assert not (out / "_SUMMARY.json").exists() and not (out / "_SUCCESS").exists()
-    assert sorted(p.name for p in (out / "_shards").glob("*.json")) == ["a.json", "d.json"]
+    assert sorted(p.name for p in (out / "_shards").glob("*.json")) == ["a.json", "d.json", "e.json"]
     assert not list(out.glob("b-*.parquet")) and not list(out.glob("c-*.parquet"))
     a_files = _mtimes(out)["a-00000.parquet"]
 
@@ -152,7 +153,7 @@ def test_a_corrupt_shard_among_good_ones_fails_alone_and_a_rerun_retries_it(tmp_
     (src / "b.jsonl.gz").write_bytes(good_gz)
     pq.write_table(pa.table({"id": [1, 2], "text": ["x", "y"]}), src / "c.parquet")
     summary = _run(spec)
-    assert (summary["shards_resumed"], summary["shards_run"]) == (2, 2)
+    assert (summary["shards_resumed"], summary["shards_run"]) == (3, 2)
     assert summary["rows_read"] == 10 + 30 + 2 + 8 == summary["rows_written"]
     assert _mtimes(out)["a-00000.parquet"] == a_files
     assert not (out / "_PROGRESS.json").exists()

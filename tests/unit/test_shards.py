@@ -84,6 +84,13 @@ def test_a_part_with_rows_beyond_the_shard_is_refused(tmp_path):
         _finalize(out, rows=2)
 
 
+def test_an_empty_shard_is_done_with_no_files(tmp_path):
+    out = OutputDir(str(tmp_path))
+    marker = _finalize(out, key="empty", rows=0)
+    assert (marker["rows"], marker["files"], marker["error_files"]) == (0, [], [])
+    assert json.loads((tmp_path / "_shards" / "empty.json").read_text()) == marker
+
+
 def _shard(tmp_path, key, size=10):
     return Shard(0, str(tmp_path / f"{key}.jsonl"), "jsonl", key=key, identity={"size": size, "mtime": 1.0})
 
