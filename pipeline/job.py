@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import time
 
@@ -211,9 +212,10 @@ def _run_leased(spec, shards, facts, output, fields, lease, fresh, progress, sta
     else:
         status = "incomplete"
     if error:
-        write_progress(output, status, run=run_info, shards_total=len(shards), done=list(markers),
-                       failed=failed, reason=error, t=t)
-        raise JobFailed(f"{error} (see {output.path}/_PROGRESS.json)")
+        if write_progress(output.impatient(), status, run=run_info, shards_total=len(shards), done=list(markers),
+                          failed=failed, reason=error, t=t):
+            error += f" (see {output.path}/_PROGRESS.json)"
+        raise JobFailed(error)
     tokens_this_run = sum(m["tokens"] for k, m in markers.items() if k not in plan.done)
     summary = build_summary(t, run=run_info, wall=time.time() - started, tokens_this_run=tokens_this_run)
     write_complete(output, summary)
@@ -376,12 +378,13 @@ def _process(spec, shards, todo, output, fields, record, lease, markers, failed,
                 report(now)
             if now - last_record > PROGRESS_SECONDS:
                 last_record = now
-                write_progress(output, "running", run=record, shards_total=len(shards), done=list(markers),
+                write_progress(output.impatient(), "running", run=record, shards_total=len(shards), done=list(markers),
                                failed=failed)
     except JobFailed:
         raise
     except Exception as e:  # noqa: BLE001 - one sentence, the cause kept for --debug
-        _drain(in_flight, markers, by_index)
+        if not _storage_failed(e):  # shards being finalised could still land; with storage down they cannot
+            _drain(in_flight, markers, by_index)
         raise JobFailed(f"the job failed while running: {_root_cause(e)}; finished shards are kept, rerun the "
                         "same command to resume") from e
     check_lease()
@@ -405,20 +408,44 @@ def _drain(in_flight: dict, markers: dict, by_index: dict) -> None:
             pass
 
 
-def _root_cause(e: BaseException) -> str:
-    """What went wrong, in one line. Ray re-raises a worker's error as a RayTaskError whose message
-    starts with the original's `module.Class: message` line (the wrapped objects lose their chain on
-    the way, and Ray appends its advice); our own StorageFailed says it all in its message."""
+# The line of a worker's traceback that names an exception: `module.Class: message`.
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$")
+_STORAGE_FAILED = "pipeline.output.StorageFailed"
+
+
+def _worker_exception_lines(e: BaseException) -> list[tuple[str, str]]:
+    """(class, message) of each exception named in a RayTaskError's text. Ray re-raises a worker's
+    error as a RayTaskError whose text holds the worker's traceback; the wrapped exception objects lose
+    their own chain on the way, so that text is where the cause is."""
     from ray.exceptions import RayTaskError
 
     seen: BaseException | None = e
-    while seen is not None:
-        if isinstance(seen, StorageFailed):
-            return str(seen)
-        if isinstance(seen, RayTaskError):
-            first = str(seen).strip().splitlines()[0]
-            name, _, message = first.partition(": ")
-            return message if name.endswith(".StorageFailed") else f"{name.rsplit('.', 1)[-1]}: {message}"
+    while seen is not None and not isinstance(seen, RayTaskError):
         seen = getattr(seen, "cause", None) or seen.__cause__
+    if seen is None:
+        return []
+    lines = [line.strip() for line in str(seen).splitlines()]
+    return [m.groups() for m in map(_EXCEPTION_LINE.match, lines) if m and not m.group(1).startswith("ray::")]
+
+
+def _storage_failed(e: BaseException) -> bool:
+    chain = [e, getattr(e, "cause", None), e.__cause__]
+    return any(isinstance(x, StorageFailed) for x in chain) or any(
+        name == _STORAGE_FAILED for name, _ in _worker_exception_lines(e))
+
+
+def _root_cause(e: BaseException) -> str:
+    """What went wrong, in one line: our own StorageFailed says it all in its message; otherwise the
+    first exception a worker's traceback names (the deepest cause: chained tracebacks print it first)."""
+    for x in (e, getattr(e, "cause", None), e.__cause__):
+        if isinstance(x, StorageFailed):
+            return str(x)
+    named = _worker_exception_lines(e)
+    for name, message in named:
+        if name == _STORAGE_FAILED:
+            return message
+    if named:
+        name, message = named[0]
+        return f"{name.rsplit('.', 1)[-1]}: {message}"
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
     return f"{type(e).__name__}: {lines[0] if lines else ''}"

@@ -28,6 +28,7 @@ class RunActive(RuntimeError):
 class Lease:
     def __init__(self, output: OutputDir):
         self.output = output
+        self.records = output.impatient()  # heartbeats and release must not stall when storage is down
         self.run_id = uuid.uuid4().hex[:12]
         self.lost: str | None = None  # why this run no longer holds the lease
         self._stop = threading.Event()
@@ -50,15 +51,15 @@ class Lease:
         self.taken_over = held
         self.output.write_json(LEASE, self._record())
         time.sleep(SETTLE_SECONDS)
-        self._check()
+        self._check(self.output)
         if self.lost:
             raise RunActive(f"output.path: {self.lost}")
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
         return self
 
-    def _check(self) -> None:
-        held = self.output.read_json(LEASE)
+    def _check(self, output: OutputDir) -> None:
+        held = output.read_json(LEASE)
         if held is None or held.get("run_id") != self.run_id:
             other = (held or {}).get("run_id", "nobody")
             self.lost = f"another run ({other}) took over {self.output.path}; this run stopped"
@@ -66,23 +67,23 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                self._check()
+                self._check(self.records)
                 if self.lost:
                     return
-                self.output.write_json(LEASE, self._record())
+                self.records.write_json(LEASE, self._record())
             except Exception:  # noqa: BLE001 - a storage hiccup; the next beat tries again
                 continue
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=HEARTBEAT_SECONDS)
+            self._thread.join(timeout=5)
         if self.lost:
             return  # the lease is someone else's now
         try:
-            held = self.output.read_json(LEASE)
+            held = self.records.read_json(LEASE)
             if held is not None and held.get("run_id") == self.run_id:
-                self.output.remove([LEASE])
+                self.records.remove([LEASE])
         except Exception:  # noqa: BLE001 - a lease left behind expires by itself
             pass
 

@@ -71,9 +71,10 @@ def _storage_call(verb: str):
 class OutputDir:
     """Files under output.path by their relative names (the layout above)."""
 
-    def __init__(self, path: str, storage=None):
+    def __init__(self, path: str, storage=None, patient: bool = True):
         self.path = path.rstrip("/")
         self.storage = storage
+        self.patient = patient
         self.local = protocol_of(path) == "file"
         self.root = os.path.abspath(self.path) if self.local else strip_protocol(self.path)
         self._fs = None
@@ -81,8 +82,12 @@ class OutputDir:
     @property
     def fs(self):
         if self._fs is None:  # made lazily: an OutputDir travels to Ray tasks without a live client
-            self._fs = filesystem_for(self.path, self.storage)
+            self._fs = filesystem_for(self.path, self.storage, self.patient)
         return self._fs
+
+    def impatient(self) -> "OutputDir":
+        """The same folder through a client that gives up after one retry: for best-effort records."""
+        return OutputDir(self.path, self.storage, patient=False)
 
     def __getstate__(self):
         return {**self.__dict__, "_fs": None}

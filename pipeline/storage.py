@@ -23,6 +23,9 @@ S3_ATTEMPTS_PER_REQUEST = 7
 S3_RETRIES_PER_CALL = 2
 S3_CONNECT_TIMEOUT_S = 3
 S3_READ_TIMEOUT_S = 15  # s3fs's default: the longest silence allowed within one response
+# Best-effort records (progress, lease heartbeats) use an impatient client: when the store is down
+# they must not hold the run's exit for a minute each; the next heartbeat tries again anyway.
+S3_ATTEMPTS_IMPATIENT = 2
 
 
 def protocol_of(path: str) -> str:
@@ -33,7 +36,7 @@ def strip_protocol(path: str) -> str:
     return path.split("://", 1)[1] if "://" in path else path
 
 
-def filesystem_for(path: str, storage=None) -> fsspec.AbstractFileSystem:
+def filesystem_for(path: str, storage=None, patient: bool = True) -> fsspec.AbstractFileSystem:
     protocol = protocol_of(path)
     if protocol in ("s3", "s3a"):
         client_kwargs = {}
@@ -43,14 +46,15 @@ def filesystem_for(path: str, storage=None) -> fsspec.AbstractFileSystem:
             client_kwargs["region_name"] = storage.region
         # skip_instance_cache: a fresh client per call site, so a changed endpoint is never reused stale.
         config_kwargs = {  # a fresh dict each time: botocore normalises the retries entry in place
-            "retries": {"total_max_attempts": S3_ATTEMPTS_PER_REQUEST, "mode": "standard"},
+            "retries": {"total_max_attempts": S3_ATTEMPTS_PER_REQUEST if patient else S3_ATTEMPTS_IMPATIENT,
+                        "mode": "standard"},
             "connect_timeout": S3_CONNECT_TIMEOUT_S,
             "read_timeout": S3_READ_TIMEOUT_S,
         }
         fs = fsspec.filesystem(
             "s3", client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True
         )
-        fs.retries = S3_RETRIES_PER_CALL
+        fs.retries = S3_RETRIES_PER_CALL if patient else 0
         return fs
     if protocol == "file":
         return fsspec.filesystem("file")

@@ -61,12 +61,13 @@ def write_complete(output: OutputDir, summary: dict) -> None:
 
 
 def write_progress(output: OutputDir, status: str, *, run: dict, shards_total: int, done: list[str],
-                   failed: dict[str, str], reason: str | None = None, t: dict | None = None) -> None:
-    """Best effort: when storage is failing, the run's own error says more than this record could."""
+                   failed: dict[str, str], reason: str | None = None, t: dict | None = None) -> bool:
+    """Best effort (True when written): when storage is failing, the run's own error says more."""
     try:
         _write_progress(output, status, run, shards_total, done, failed, reason, t)
+        return True
     except Exception:  # noqa: BLE001 - the markers stay the record of what is done
-        pass
+        return False
 
 
 def _write_progress(output, status, run, shards_total, done, failed, reason, t) -> None:
