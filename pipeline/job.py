@@ -16,6 +16,7 @@ import re
 import sys
 import time
 
+import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline.heads import head_class
@@ -293,7 +294,6 @@ def _process(spec, shards, todo, output, fields, record, lease, markers, failed,
 
     by_index = {s.index: s for s in shards}
     ledger = ray.remote(num_cpus=0)(ReadLedger).remote()
-    finalize = ray.remote(num_cpus=0)(finalize_shard)
     columns, optional = reader_columns(spec)
     ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
@@ -312,100 +312,129 @@ def _process(spec, shards, todo, output, fields, record, lease, markers, failed,
     ds = ds.map_batches(WriteParts(output, {s.index: s.key for s in todo}), batch_format="pyarrow",
                         batch_size=None, num_cpus=READ_CPUS)
 
-    file_metadata = {"bert_batch.model": spec.model.path, "bert_batch.model_revision": str(record["model_revision"]),
-                     "bert_batch.head": spec.model.head, "bert_batch.fingerprint": record["fingerprint"]}
-    arrived: dict[int, int] = {s.index: 0 for s in todo}  # documents written as parts, per shard
-    errored = tokens = 0
-    rows_read: dict[int, int] = {}
-    in_flight: dict = {}  # finalize task -> shard index
-    tried_at: dict[int, int] = {}  # shard index -> rows arrived when its finalisation was last tried
+    completion = ShardCompletion(spec, shards, todo, output, fields, record, markers, failed,
+                                 ledger=ledger, finalize=ray.remote(num_cpus=0)(finalize_shard))
     last_report = last_record = 0.0
-
-    def step(final: bool) -> None:
-        """Hand complete shards to finalisation; collect the finished ones."""
-        got_rows, got_failed = ray.get(ledger.snapshot.remote())
-        rows_read.update(got_rows)
-        for index, reason in got_failed.items():
-            failed.setdefault(by_index[index].key, reason)
-        for index, n in rows_read.items():
-            shard = by_index[index]
-            busy = index in in_flight.values() or shard.key in markers or shard.key in failed
-            if busy or len(in_flight) >= FINALIZE_IN_FLIGHT or (arrived[index] < n and not final):
-                continue
-            if tried_at.get(index) == arrived[index] and not final:
-                continue  # tried with these rows already; wait for more
-            tried_at[index] = arrived[index]
-            marker = {"shard": shard.path, "identity": shard.identity, "fingerprint": record["fingerprint"],
-                      "spec": fields, "run_id": record["run_id"]}
-            ref = finalize.remote(output, shard.key, n, spec.output.rows_per_file,
-                                  {**file_metadata, "bert_batch.shard": shard.path}, marker)
-            in_flight[ref] = index
-        if not in_flight:
-            return
-        ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=None if final else 0)
-        for ref in ready:
-            index = in_flight.pop(ref)
-            key = by_index[index].key
-            try:
-                markers[key] = ray.get(ref)
-            except ShardIncomplete as e:
-                if final:
-                    failed[key] = f"{by_index[index].name}: {e}"
-            except Exception as e:  # noqa: BLE001 - storage failing while writing: the shard is not done
-                failed[key] = f"{by_index[index].name}: cannot write its results ({_root_cause(e)})"
-
-    def report(now: float) -> None:
-        elapsed = now - started
-        progress(f"[{elapsed:7.1f}s] shards {len(markers)}/{len(shards)} done"
-                 f"{f' ({len(failed)} failed)' if failed else ''}, {sum(arrived.values()):,} rows this run "
-                 f"({errored:,} errors), {tokens:,} tokens, {tokens / max(elapsed, 1e-9):,.0f} tokens/s")
-
-    def check_lease() -> None:
-        if lease.lost:
-            raise JobFailed(lease.lost)
-
     try:
         for stats in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for shard, docs, errs, toks in zip(*(stats.column(c).to_pylist() for c in stats.column_names)):
-                arrived[shard] += docs
-                errored += errs
-                tokens += toks
-            check_lease()
-            step(final=False)
+            completion.add(stats)
+            if lease.lost:
+                raise JobFailed(lease.lost)
+            completion.step(final=False)
             now = time.time()
             if now - last_report > PROGRESS_SECONDS:
                 last_report = now
-                report(now)
+                progress(completion.report(now - started))
             if now - last_record > PROGRESS_SECONDS:
                 last_record = now
-                write_progress(output.impatient(), "running", run=record, shards_total=len(shards), done=list(markers),
-                               failed=failed)
+                write_progress(output.impatient(), "running", run=record, shards_total=len(shards),
+                               done=list(markers), failed=failed)
     except JobFailed:
         raise
     except Exception as e:  # noqa: BLE001 - one sentence, the cause kept for --debug
         if not _storage_failed(e):  # shards being finalised could still land; with storage down they cannot
-            _drain(in_flight, markers, by_index)
+            completion.drain()
         raise JobFailed(f"the job failed while running: {_root_cause(e)}; finished shards are kept, rerun the "
                         "same command to resume") from e
-    check_lease()
-    step(final=True)  # also when no batch came back at all (only empty or unreadable shards)
-    while in_flight or any(by_index[i].key not in markers and by_index[i].key not in failed for i in rows_read):
-        step(final=True)
-    for s in todo:  # a shard whose reader never reported (a bug of ours): not done
-        if s.key not in markers and s.key not in failed:
-            failed[s.key] = f"{s.name}: the reader did not report its row count"
-    report(time.time())
+    if lease.lost:
+        raise JobFailed(lease.lost)
+    completion.finish()
+    progress(completion.report(time.time() - started))
 
 
-def _drain(in_flight: dict, markers: dict, by_index: dict) -> None:
-    """Wait for shards already being finalised, so their markers count for the rerun."""
-    import ray
+class ShardCompletion:
+    """The driver's bookkeeping of shards in flight: the rows that arrived as parts, the rows each
+    reader found (from the ledger), and the finalisations running. A shard whose parts hold all its
+    rows is handed to `finalize_shard` (a Ray task); its marker lands in `markers`, and a shard that
+    cannot be finished gets its reason in `failed`."""
 
-    for ref, index in in_flight.items():
+    def __init__(self, spec, shards, todo, output, fields, record, markers, failed, *, ledger, finalize):
+        self.spec, self.output, self.fields, self.record = spec, output, fields, record
+        self.markers, self.failed = markers, failed
+        self.ledger, self.finalize = ledger, finalize
+        self.by_index = {s.index: s for s in shards}
+        self.arrived = {s.index: 0 for s in todo}  # documents written as parts, per shard
+        self.todo = todo
+        self.rows_read: dict[int, int] = {}
+        self.in_flight: dict = {}  # finalize task -> shard index
+        self.tried_at: dict[int, int] = {}  # shard index -> rows arrived when last handed to finalisation
+        self.errored = self.tokens = 0
+        self.file_metadata = {
+            "bert_batch.model": spec.model.path, "bert_batch.model_revision": str(record["model_revision"]),
+            "bert_batch.head": spec.model.head, "bert_batch.fingerprint": record["fingerprint"],
+        }
+
+    def add(self, stats: pa.Table) -> None:
+        """One writer task's counts (pipeline.sinks.PROGRESS_COLUMNS)."""
+        for shard, docs, errs, toks in zip(*(stats.column(c).to_pylist() for c in stats.column_names)):
+            self.arrived[shard] += docs
+            self.errored += errs
+            self.tokens += toks
+
+    def step(self, final: bool) -> None:
+        """Hand complete shards to finalisation; collect the finished ones. `final`: every part is
+        written (the stream ended), so try every shard and wait for the finalisations."""
+        import ray
+
+        got_rows, got_failed = ray.get(self.ledger.snapshot.remote())
+        self.rows_read.update(got_rows)
+        for index, reason in got_failed.items():
+            self.failed.setdefault(self.by_index[index].key, reason)
+        for index, n in self.rows_read.items():
+            if len(self.in_flight) >= FINALIZE_IN_FLIGHT:
+                break
+            if self._settled(index) or index in self.in_flight.values():
+                continue
+            if not final and (self.arrived[index] < n or self.tried_at.get(index) == self.arrived[index]):
+                continue  # not all rows yet, or tried with these rows already: wait for more
+            self.tried_at[index] = self.arrived[index]
+            self.in_flight[self._submit(self.by_index[index], n)] = index
+        if self.in_flight:
+            ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=None if final else 0)
+            for ref in ready:
+                self._collect(ref, final)
+
+    def finish(self) -> None:
+        """After the stream: finalise every shard that can be, and name the ones that cannot."""
+        self.step(final=True)  # also when no batch came back at all (only empty or unreadable shards)
+        while self.in_flight or any(not self._settled(i) for i in self.rows_read):
+            self.step(final=True)
+        for s in self.todo:  # a shard whose reader never reported (a bug of ours): not done
+            if not self._settled(s.index):
+                self.failed[s.key] = f"{s.name}: the reader did not report its row count"
+
+    def drain(self) -> None:
+        """Wait for the shards already being finalised, so their markers count for the rerun."""
+        for ref in list(self.in_flight):
+            self._collect(ref, final=False)
+
+    def report(self, elapsed: float) -> str:
+        failed = f" ({len(self.failed)} failed)" if self.failed else ""
+        return (f"[{elapsed:7.1f}s] shards {len(self.markers)}/{len(self.by_index)} done{failed}, "
+                f"{sum(self.arrived.values()):,} rows this run ({self.errored:,} errors), {self.tokens:,} tokens, "
+                f"{self.tokens / max(elapsed, 1e-9):,.0f} tokens/s")
+
+    def _settled(self, index: int) -> bool:
+        key = self.by_index[index].key
+        return key in self.markers or key in self.failed
+
+    def _submit(self, shard, rows: int):
+        marker = {"shard": shard.path, "identity": shard.identity, "fingerprint": self.record["fingerprint"],
+                  "spec": self.fields, "run_id": self.record["run_id"]}
+        return self.finalize.remote(self.output, shard.key, rows, self.spec.output.rows_per_file,
+                                    {**self.file_metadata, "bert_batch.shard": shard.path}, marker)
+
+    def _collect(self, ref, final: bool) -> None:
+        import ray
+
+        shard = self.by_index[self.in_flight.pop(ref)]
         try:
-            markers[by_index[index].key] = ray.get(ref)
-        except Exception:  # noqa: BLE001 - not done; the rerun redoes it
-            pass
+            self.markers[shard.key] = ray.get(ref)
+        except ShardIncomplete as e:
+            if final:  # otherwise more rows may still come
+                self.failed[shard.key] = f"{shard.name}: {e}"
+        except Exception as e:  # noqa: BLE001 - storage failing while writing: the shard is not done
+            self.failed[shard.key] = f"{shard.name}: cannot write its results ({_root_cause(e)})"
 
 
 # The line of a worker's traceback that names an exception: `module.Class: message`.
