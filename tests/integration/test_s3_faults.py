@@ -161,17 +161,24 @@ def _check_complete(fs, output: str, stdout: str, reference: dict, n_rows: int) 
     return summary
 
 
-def test_s3_that_throttles_and_resets_connections_loses_nothing(
-    tmp_path, s3_endpoint, s3fs_client, s3_corpora, ray_session, faulty_s3  # noqa: F811
-):
-    fs, c = s3fs_client, s3_corpora
-    n_rows = SMALL_SHARDS * SMALL_DOCS
+@pytest.fixture(scope="module")
+def small_reference(s3_endpoint, s3fs_client, s3_corpora) -> dict:
+    """id -> entities of an uninterrupted run over the small corpus, straight against moto."""
+    c = s3_corpora
     ref_out = _out(c["tag"], "small-ref")
     started = time.time()
     _reference(_spec(c["small"], c["model"], ref_out, s3_endpoint, rows_per_batch=16))
     print(f"\nreference run {time.time() - started:.1f} s")
-    reference, n_ref = _results(fs, ref_out)
-    assert n_ref == len(reference) == n_rows
+    reference, n_ref = _results(s3fs_client, ref_out)
+    assert n_ref == len(reference) == SMALL_SHARDS * SMALL_DOCS
+    return reference
+
+
+def test_s3_that_throttles_and_resets_connections_loses_nothing(
+    tmp_path, s3fs_client, s3_corpora, small_reference, ray_session, faulty_s3  # noqa: F811
+):
+    fs, c, reference = s3fs_client, s3_corpora, small_reference
+    n_rows = SMALL_SHARDS * SMALL_DOCS
 
     faulty_s3.slowdown_share, faulty_s3.reset_share = 0.15, 0.05
     out = _out(c["tag"], "small")
@@ -261,3 +268,32 @@ def test_s3_endpoint_down_mid_run_stops_with_one_sentence_and_the_rerun_resumes(
     # cause (the endpoint, unreachable) and what to do.
     assert "rerun the same command" in last, last
     assert f"S3 endpoint {faulty_s3.url} unreachable" in last, last
+
+
+def test_a_shard_s3_never_serves_fails_alone_and_the_rerun_completes(
+    tmp_path, s3fs_client, s3_corpora, small_reference, ray_session, faulty_s3  # noqa: F811
+):
+    """Every GET of one Parquet shard answered 503 SlowDown: after the retries that shard is a failed
+    shard named in the message (not an error row), the others complete, exit 1; with the store healthy
+    again the same command does just that shard."""
+    fs, c = s3fs_client, s3_corpora
+    victim = f"{_bare(c['small'])}/part-01.parquet"
+    faulty_s3.slowdown_share = 1.0
+    faulty_s3.match = lambda method, path: method == "GET" and path.split("?")[0].endswith(victim)
+    out = _out(c["tag"], "one-bad")
+    spec_path = write_spec(tmp_path / "job.yaml", _spec(c["small"], c["model"], out, faulty_s3.url, rows_per_batch=16))
+    first = subprocess.run(_cmd(spec_path), cwd=REPO_ROOT, env=_env(ray_session), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 1, first.stderr[-3000:]
+    last = [line for line in first.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: 1 of 6 shard(s) did not finish (part-01.parquet: ") and "SlowDown" in last, last
+    assert faulty_s3.faults["slowdown"] > 0
+    assert _markers(fs, out) == [f"part-{s:02d}.json" for s in range(SMALL_SHARDS) if s != 1]
+    assert not fs.exists(f"{_bare(out)}/_SUMMARY.json")
+
+    faulty_s3.slowdown_share, faulty_s3.match = 0.0, None
+    rerun = subprocess.run(_cmd(spec_path), cwd=REPO_ROOT, env=_env(ray_session), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = _check_complete(fs, out, rerun.stdout, small_reference, SMALL_SHARDS * SMALL_DOCS)
+    assert (summary["shards_resumed"], summary["shards_run"]) == (SMALL_SHARDS - 1, 1)
