@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import columns as C
-from pipeline.storage import filesystem_for, strip_protocol, with_protocol
+from pipeline.storage import filesystem_for, storage_cause, strip_protocol, with_protocol
 
 READ_BATCH_ROWS = 4096
 READ_CHUNK_BYTES = 1 << 20
@@ -166,9 +166,14 @@ def row_problem(row: dict, text_columns: list[str]) -> str | None:
 
 
 # -- reading bytes: every I/O or decoding failure becomes ShardUnreadable ----------------------------
-def _reason(e: BaseException) -> str:
-    # The type says what a bare message cannot (s3fs's FileNotFoundError carries only the path).
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+def _unreadable(shard: Shard, what: str, e: BaseException) -> ShardUnreadable:
+    """The exception for a failed read: a storage failure says so (S3 throttling beyond the retries is
+    not a corrupt file); otherwise `what` went wrong, with the type, which says what a bare message
+    cannot (s3fs's FileNotFoundError carries only the path)."""
+    cause = storage_cause(e)
+    if cause:
+        return ShardUnreadable(f"{shard.name}: cannot be read ({cause})")
+    return ShardUnreadable(f"{shard.name}: {what} ({type(e).__name__}: {' '.join(str(e).split())})")
 
 
 @contextmanager
@@ -177,7 +182,7 @@ def _open(shard: Shard, storage):
     try:
         f = fs.open(strip_protocol(shard.path), "rb", compression=shard.compression)
     except Exception as e:  # noqa: BLE001 - permission, missing file, any S3 error
-        raise ShardUnreadable(f"{shard.name}: cannot be opened ({_reason(e)})") from e
+        raise _unreadable(shard, "cannot be opened", e) from e
     with f:
         yield f
 
@@ -188,7 +193,7 @@ def _parquet_file(f, shard: Shard) -> pq.ParquetFile:
         # decodes, e.g. flipped bytes inside an uncompressed text value.
         return pq.ParquetFile(f, page_checksum_verification=True)
     except Exception as e:  # noqa: BLE001 - a corrupt footer or a failed read
-        raise ShardUnreadable(f"{shard.name}: not a readable Parquet file ({_reason(e)})") from e
+        raise _unreadable(shard, "not a readable Parquet file", e) from e
 
 
 def _lines(shard: Shard, storage) -> Iterator[tuple[int, bytes]]:
@@ -203,7 +208,7 @@ def _lines(shard: Shard, storage) -> Iterator[tuple[int, bytes]]:
             except Exception as e:  # noqa: BLE001 - truncated / corrupt stream, failed read
                 what = f"truncated or corrupt {shard.compression} data" if shard.compression else "read failed"
                 where = f"after line {line_no}" if line_no else "at the start"
-                raise ShardUnreadable(f"{shard.name}: {what} {where} ({_reason(e)})") from e
+                raise _unreadable(shard, f"{what} {where}", e) from e
             if not chunk:
                 break
             *complete, tail = (tail + chunk).split(b"\n")
@@ -286,8 +291,7 @@ class ShardReader:
                 try:
                     batch = next(batches, None)
                 except Exception as e:  # noqa: BLE001 - a corrupt page or a failed read, nothing of ours
-                    raise ShardUnreadable(f"{shard.name}: corrupt or unreadable Parquet data after row {row0} "
-                                          f"({_reason(e)})") from e
+                    raise _unreadable(shard, f"corrupt or unreadable Parquet data after row {row0}", e) from e
                 if batch is None:
                     break
                 present = batch.to_pydict()

@@ -65,10 +65,10 @@ _THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLi
 _CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 
 
-def describe_storage_error(exc: BaseException) -> str:
+def storage_cause(exc: BaseException) -> str | None:
     """A short sentence fragment for a failed storage call, for one-line job errors. s3fs turns botocore
     errors into OSErrors and botocore wraps aiohttp's, so the telling exception can sit anywhere in the
-    chain: the first botocore one wins, the outermost message is the fallback."""
+    chain: the first botocore one wins. None when no storage client error is in the chain."""
     from botocore.exceptions import ClientError, ConnectTimeoutError, HTTPClientError, NoCredentialsError
     from botocore.exceptions import ConnectionError as EndpointError
 
@@ -91,7 +91,12 @@ def describe_storage_error(exc: BaseException) -> str:
             if any(isinstance(c, ConnectionResetError) for c in chain):
                 return f"{endpoint} reset the connection, also on retries"
             return f"{endpoint} failed: {e}"
-    return str(chain[0]) or type(chain[0]).__name__
+    return None
+
+
+def describe_storage_error(exc: BaseException) -> str:
+    """storage_cause, or else the exception's own message."""
+    return storage_cause(exc) or str(exc) or type(exc).__name__
 
 
 def _describe_client_error(e) -> str:
