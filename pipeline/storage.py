@@ -114,10 +114,6 @@ def _describe_client_error(e) -> str:
     return f"S3 error {code or status}: {error.get('Message', e)}"
 
 
-def join(prefix: str, *parts: str) -> str:
-    return "/".join([prefix.rstrip("/"), *[p.strip("/") for p in parts]])
-
-
 def with_protocol(path: str, original: str) -> str:
     protocol = protocol_of(original)
     return path if protocol == "file" or "://" in path else f"{protocol}://{path}"
