@@ -22,7 +22,7 @@ from tests.integration._util import write_jsonl, write_spec
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARDS, DOCS = 10, 600
+SHARDS, DOCS = 10, 3000  # ~10 s of work after ~20 s of start-up: room to kill in the middle
 RESOURCES = {"model_actors": 1, "cpus_per_actor": 0.5, "tokenizer_actors": 1}
 
 
@@ -133,8 +133,9 @@ def test_driver_killed_mid_run_then_the_same_command_resumes(corpus, tmp_path, r
     lines = [line for line in second.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: output.path: another run (") and "is writing" in lines[-1], second.stderr
 
-    # Kill the driver (and its process group) at about half-way.
-    _wait_for(lambda: len(_markers(out)) >= SHARDS // 2 or first.poll() is not None, 300, "half of the shards")
+    # Kill the driver (and its process group) at about half-way: at 3 markers, since the shards being
+    # finalised at that moment run as Ray tasks of the shared cluster and may still land.
+    _wait_for(lambda: len(_markers(out)) >= 3 or first.poll() is not None, 300, "the first shards")
     assert first.poll() is None, "the run finished before it could be killed; make the corpus larger"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
