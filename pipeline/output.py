@@ -159,6 +159,19 @@ class OutputDir:
             self.fs.rm([self.full(r) for r in present])
         return len(present)
 
+    def prune(self, rel_dir: str) -> None:
+        """Locally, remove rel_dir and its parents below the root once they are empty (object stores
+        have no folders to leave behind)."""
+        if not self.local:
+            return
+        path = self.full(rel_dir)
+        while path != self.root:
+            try:
+                os.rmdir(path)
+            except OSError:  # not empty, or gone
+                return
+            path = os.path.dirname(path)
+
     def _rel(self, path: str) -> str:
         path = strip_protocol(path)
         return path[len(self.root) :].lstrip("/") if path.startswith(self.root) else path

@@ -114,6 +114,7 @@ def _write_marker(output: OutputDir, key: str, marker: dict) -> dict:
     marker = {**marker, "key": key, "finished_at": time.time()}
     output.write_json(marker_file(key), marker)
     output.remove([pending_file(key), *output.list(f"{STAGING_DIR}/{key}", ".parquet")])
+    output.prune(f"{STAGING_DIR}/{key}")
     return marker
 
 
