@@ -332,7 +332,11 @@ def _process(spec, shards, todo, output, fields, record, lease, markers, failed,
     except JobFailed:
         raise
     except Exception as e:  # noqa: BLE001 - one sentence, the cause kept for --debug
-        if not _storage_failed(e):  # shards being finalised could still land; with storage down they cannot
+        if _storage_failed(e):
+            # Shards being finalised cannot land either; their errors, which Ray would print as
+            # "unhandled" when it drops them, are this one.
+            os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+        else:  # shards being finalised could still land
             completion.drain()
         raise JobFailed(f"the job failed while running: {_root_cause(e)}; finished shards are kept, rerun the "
                         "same command to resume") from e
