@@ -48,7 +48,11 @@ class ModelSpec(_Strict):
         Field(description="Which head to run.")
     )
     max_length: int = Field(
-        512, ge=8, le=8192, description="Tokens per window, special tokens included (capped by the model's positions)."
+        None,  # filled from the head by JobSpec: DEFAULT_MAX_LENGTH
+        ge=8,
+        le=8192,
+        description="Tokens per window, special tokens included (capped by the model's positions). Default: 384 for "
+        "question-answering (the window transformers' QA pipeline uses, its `max_seq_len`), 512 for the other heads.",
     )
     stride: int | None = Field(
         None,
@@ -74,6 +78,11 @@ class ModelSpec(_Strict):
         return self.stride if self.stride is not None else self.max_length // 4
 
 
+# model.max_length when the spec leaves it out: what transformers' pipeline for the head uses.
+DEFAULT_MAX_LENGTH = {"question-answering": 384}
+DEFAULT_MAX_LENGTH_OTHER_HEADS = 512
+
+
 class TokenClassificationHead(_Strict):
     kind: Literal["token-classification"] = "token-classification"
     aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = Field(
@@ -84,12 +93,17 @@ class TokenClassificationHead(_Strict):
 
 class EmbeddingHead(_Strict):
     kind: Literal["embedding"] = "embedding"
-    pooling: Literal["mean", "cls", "pooler"] = Field(
-        "mean",
+    pooling: Literal["mean", "cls", "pooler"] | None = Field(
+        None,
         description="`mean`: attention-masked mean of the token vectors (sentence-transformers); `cls`: the [CLS] "
-        "vector; `pooler`: the model's pooler_output, tanh(dense([CLS])). Ignored at token granularity.",
+        "vector; `pooler`: the model's pooler_output, tanh(dense([CLS])). Default: a sentence-transformers "
+        "checkpoint's own pooling (its `1_Pooling/config.json`), else `mean`. Ignored at token granularity.",
     )
-    normalize: bool = Field(False, description="L2-normalise each embedding.")
+    normalize: bool | None = Field(
+        None,
+        description="L2-normalise each embedding. Default: true when a sentence-transformers checkpoint ends in a "
+        "`Normalize` module (its `modules.json`), else false.",
+    )
     layer: int | None = Field(
         None, description="Hidden layer to pool (negative counts from the end; default the last)."
     )
@@ -159,6 +173,15 @@ class OutputSpec(_Strict):
         100_000, ge=1, description="Rows at most in one output Parquet file; a shard's results are split into "
         "`<shard>-00000.parquet`, `<shard>-00001.parquet`, ... of at most this many rows."
     )
+    columns: list[str] = Field(
+        [],
+        description="Input columns carried to every output row unchanged, after the id (e.g. `[url, date]`); per-token "
+        "rows repeat their document's values. Each must exist in the input and not clash with an output column.",
+    )
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = Field(
+        "zstd", description="Parquet compression of the result and error files (zstd: small and fast; DuckDB, Spark, "
+        "pandas and Polars read it)."
+    )
     max_error_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description="A run in which more than this share of the rows read became error rows "
         "exits 1 (with the count and the top reasons) and writes no `_SUMMARY.json`; 1.0 never fails on errors."
@@ -217,6 +240,9 @@ class JobSpec(_Strict):
                 if "kind" in head:
                     raise ValueError("head.kind: not a spec key; the head is chosen by model.head")
                 data = {**data, "head": {**head, "kind": head_name}}
+            if isinstance(model, dict) and model.get("max_length") is None and isinstance(head_name, str):
+                max_length = DEFAULT_MAX_LENGTH.get(head_name, DEFAULT_MAX_LENGTH_OTHER_HEADS)
+                data = {**data, "model": {**model, "max_length": max_length}}
         return data
 
     @model_validator(mode="after")
@@ -250,6 +276,7 @@ class JobSpec(_Strict):
         fields |= {f"model.{k}": v for k, v in model.items()}
         fields |= {f"head.{k}": v for k, v in (self.head.model_dump(exclude={"kind"}) if self.head else {}).items()}
         fields["output.granularity"] = self.output.granularity
+        fields["output.columns"] = list(self.output.columns)
         return fields
 
 
