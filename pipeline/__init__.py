@@ -1,1 +1,8 @@
-"""Distributed batch inference for BERT-family encoders on Ray Data."""
+"""bert-batch-pipeline: distributed batch inference for BERT-family encoders on Ray Data."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("bert-batch-pipeline")
+except PackageNotFoundError:  # run from a source tree that was not installed
+    __version__ = "0.0.0+unknown"

@@ -1,4 +1,4 @@
-"""CLI: `python -m pipeline run SPEC.yaml [--set key=value ...] [--fresh]`, `validate`, `spec-reference`.
+"""CLI: `bert-batch run SPEC.yaml` (or `python -m pipeline run ...`), `validate`, `spec-reference`.
 
 Exit codes: 0 complete; 1 the job did not finish (some shards not done: a rerun resumes them);
 2 a bad spec, input or model found before any work.
@@ -7,18 +7,52 @@ Exit codes: 0 complete; 1 the job did not finish (some shards not done: a rerun 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import warnings
+
+from pipeline import __version__
+
+EPILOG = """\
+examples:
+  %(prog)s run jobs/laptop.yaml
+  %(prog)s run jobs/nightly_tagging.yaml --set output.path=s3://tags/daily/2026-12-01/
+  %(prog)s run jobs/laptop.yaml --limit 20 --set output.path=out/try   # a dry run on the first 20 rows
+  %(prog)s run jobs/laptop.yaml --fresh        # redo everything (after retraining the model)
+  %(prog)s validate jobs/laptop.yaml           # check spec, input, output and model; run nothing
+  %(prog)s run jobs/laptop.yaml | jq .rows_written   # stdout carries only the summary JSON
+
+exit codes:
+  0  complete: every shard done, _SUMMARY.json and _SUCCESS written (a --limit run: its rows done)
+  1  not finished: a shard could not be read or written, too many error rows, storage failed, or
+     another run holds the output; rerun the same command to resume
+  2  a bad spec, input, output or model, found before any work
+
+Progress goes to stderr (a live bar on a terminal, a line every few seconds otherwise); errors are
+one sentence naming the field or file and what to do; --debug shows the traceback.
+"""
+
+
+def _prog() -> str:
+    return "bert-batch" if os.path.basename(sys.argv[0] or "") == "bert-batch" else "python -m pipeline"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, help_text in (("run", "run the job"), ("validate", "check spec, input and model without running")):
-        s = sub.add_parser(name, help=help_text)
+    prog = _prog()
+    p = argparse.ArgumentParser(prog=prog, description="Batch inference for BERT-family encoders on Ray Data: "
+                                "shards in, Parquet predictions out.", epilog=EPILOG % {"prog": prog},
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,spec-reference}")
+    for name, help_text in (("run", "run the job (resumes by default)"),
+                            ("validate", "check spec, input, output and model without running")):
+        s = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG % {"prog": prog},
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         s.add_argument("spec", help="job spec (YAML)")
         s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a spec key, e.g. --set output.path=s3://bucket/out (YAML scalar values)")
@@ -26,57 +60,147 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--fresh", action="store_true",
                            help="redo every shard instead of resuming (removes only files this job wrote)")
+            s.add_argument("--limit", type=_positive, metavar="N",
+                           help="run only the first N rows of the input, end to end (a dry run; no _SUCCESS)")
+            s.add_argument("--verbose", "-v", action="store_true",
+                           help="also show Ray's and the workers' own logs (on stderr)")
     sub.add_parser("spec-reference", help="print the spec reference (Markdown)")
     return p
 
 
-def _quiet() -> None:
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rows, 1 or more (got {text!r})")
+    return n
+
+
+def _quiet(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if verbose:
+        return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+# Ray's C++ components log in glog's format ("[2026-12-01 10:01:50,111 E 13232 13232] core_worker.cc:...");
+# the same lines are in Ray's log files, so a quiet run leaves them out of stderr.
+_RAY_NATIVE_LOG = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] ")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(verbose: bool):
+    """While the job runs, whatever writes to file descriptors 1 and 2 (Ray's native code and
+    subprocesses, a library's print, workers' output forwarded to the driver) goes through a pipe to
+    stderr, without Ray's native log lines unless `verbose`, so that stdout carries only the summary.
+    Python's own sys.stderr writes straight to the real stderr (the progress bar needs its terminal)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    read_end, write_end = os.pipe()
+    pump = threading.Thread(target=_pump, args=(read_end, saved_err, verbose), daemon=True, name="stderr-filter")
+    pump.start()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    streams = sys.stdout, sys.stderr
+    genuine = sys.stderr is sys.__stderr__  # not a test's capture
+    if genuine:
+        sys.stderr = os.fdopen(os.dup(saved_err), "w", buffering=1, encoding=streams[1].encoding, errors="replace")
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        if genuine:
+            sys.stderr.close()
+        sys.stdout, sys.stderr = streams
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        # The pump ends when the last writer closes its end (Ray's processes have stopped by now).
+        pump.join(timeout=2)
+
+
+def _pump(read_end: int, out_fd: int, verbose: bool) -> None:
+    tail = b""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            *lines, tail = (tail + chunk).split(b"\n")
+            kept = [line for line in lines if verbose or not _RAY_NATIVE_LOG.match(line)]
+            if kept:
+                os.write(out_fd, b"\n".join(kept) + b"\n")
+    if tail and (verbose or not _RAY_NATIVE_LOG.match(tail)):
+        os.write(out_fd, tail)
+    os.close(out_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet()
+    verbose = getattr(args, "verbose", False)
+    _quiet(verbose)
+    if args.command == "spec-reference":
+        from pipeline.spec import spec_reference
+
+        print(spec_reference())
+        return 0
+    with _stdout_to_stderr(verbose):
+        code, result = _command(args, verbose)
+    if result is not None:
+        print(result, flush=True)
+    return code
+
+
+def _command(args, verbose: bool) -> tuple[int, str | None]:
+    """(exit code, what goes to stdout)."""
     from pipeline.job import JobFailed, run, validate
     from pipeline.lease import RunActive
     from pipeline.markers import FingerprintMismatch
     from pipeline.models import ModelError
     from pipeline.sources import InputError
-    from pipeline.spec import SpecError, load_spec, spec_reference
+    from pipeline.spec import SpecError, load_spec
 
-    if args.command == "spec-reference":
-        print(spec_reference())
-        return 0
+    ray_was_up = _ray_up()
     try:
         spec = load_spec(args.spec, args.overrides)
         if args.command == "validate":
             facts = validate(spec)
-            print(f"ok: {spec.model.head} on {facts['model_dir']}, {len(facts['shards'])} input shard(s), "
-                  f"output to {spec.output.path}")
-            return 0
-        summary = run(spec, fresh=args.fresh)
+            return 0, (f"ok: {spec.model.head} on {facts['model_dir']}, {len(facts['shards'])} input shard(s), "
+                       f"output to {spec.output.path}")
+        summary = run(spec, fresh=args.fresh, limit=args.limit, verbose=verbose)
+        return 0, json.dumps(summary, indent=2)
     except (SpecError, InputError, ModelError, FingerprintMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2, None
     except (JobFailed, RunActive) as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 1, None
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 1
+        print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
+        return 1, None
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and how to see more
         if args.debug:
             raise
         print(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
+        return 1, None
+    finally:
+        if _ray_up() and not ray_was_up:
+            # Stop the Ray this command started (or detach from the cluster) while stdout still goes
+            # to stderr: its shutdown messages must not follow the summary.
+            import ray
+
+            ray.shutdown()
+
+
+def _ray_up() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 if __name__ == "__main__":

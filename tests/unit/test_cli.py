@@ -242,3 +242,43 @@ def test_an_unwritable_output_exits_2_on_validate(tmp_path, docs, minilm_dir, ca
     assert main(["validate", str(spec)]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert line.startswith(f"error: output.path: cannot write to {blocker / 'out'} (") and "a-file" in line
+
+
+# -- help, version ----------------------------------------------------------------------------------
+
+
+def test_version(capsys):
+    from pipeline import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"python -m pipeline {__version__}"
+    assert __version__[0].isdigit() and __version__ != "0.0.0+unknown"  # the installed package's version
+
+
+def test_help_has_examples_and_exit_codes(capsys):
+    for argv in (["--help"], ["run", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "examples:" in out and "python -m pipeline run jobs/laptop.yaml" in out
+        assert "exit codes:" in out and "\n  0  complete" in out and "\n  1  not finished" in out and "\n  2  a bad" in out
+    assert "--limit N" in out and "--verbose" in out and "--fresh" in out
+
+
+def test_console_script_calls_itself_bert_batch():
+    script = Path(sys.executable).parent / "bert-batch"
+    assert script.exists(), "the project is installed with its console script"
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: bert-batch ")
+    assert "bert-batch run jobs/laptop.yaml" in proc.stdout and "python -m pipeline" not in proc.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "ten"])
+def test_limit_must_be_a_positive_number(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "spec.yaml", "--limit", value])
+    assert exit_.value.code == 2
+    assert "--limit" in capsys.readouterr().err
