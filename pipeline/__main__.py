@@ -173,7 +173,7 @@ def _command(args, verbose: bool) -> tuple[int, str | None]:
             return 0, (f"ok: {spec.model.head} on {facts['model_dir']}, {len(facts['shards'])} input shard(s), "
                        f"output to {spec.output.path}")
         summary = run(spec, fresh=args.fresh, limit=args.limit, verbose=verbose)
-        return 0, json.dumps(summary, indent=2)
+        return 0, _readable_json(summary)
     except (SpecError, InputError, ModelError, FingerprintMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2, None
@@ -197,6 +197,17 @@ def _command(args, verbose: bool) -> tuple[int, str | None]:
             import ray
 
             ray.shutdown()
+
+
+# A list of scalars as json.dumps(indent=2) writes it: one element a line. JSON strings hold no raw
+# newline, so ",\n" separates elements.
+_SCALAR_LIST = re.compile(r"\[\n\s+([^\[\]{}]*?)\n\s*\]")
+
+
+def _readable_json(obj) -> str:
+    """Indented JSON with lists of numbers (the summary's timeline) on one line each."""
+    text = json.dumps(obj, indent=2)
+    return _SCALAR_LIST.sub(lambda m: "[" + ", ".join(p.strip() for p in m.group(1).split(",\n")) + "]", text)
 
 
 def _ray_up() -> bool:

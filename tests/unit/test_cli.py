@@ -282,3 +282,13 @@ def test_limit_must_be_a_positive_number(value, capsys):
         main(["run", "spec.yaml", "--limit", value])
     assert exit_.value.code == 2
     assert "--limit" in capsys.readouterr().err
+
+
+def test_summary_json_is_readable_and_round_trips():
+    from pipeline.__main__ import _readable_json
+
+    summary = {"timeline": {"rows": {"read": [0, 120, 80], "write": []}}, "top_errors": {"a, b": 2},
+               "done": ["x,\ny", "[z]", "p, q"], "nested": [[1, 2], {"k": [3]}], "n": None}
+    text = _readable_json(summary)
+    assert json.loads(text) == summary
+    assert '"read": [0, 120, 80]' in text and '"k": [3]' in text
