@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 
 from pipeline.output import (
-    ERRORS_DIR, MARKERS_DIR, PROGRESS, STAGING_DIR, SUCCESS, SUMMARY, OutputDir, marker_file,
+    ERRORS_DIR, MARKERS_DIR, PROGRESS, REPORT, STAGING_DIR, SUCCESS, SUMMARY, OutputDir, marker_file,
 )
 
 
@@ -69,7 +69,7 @@ def plan_resume(output: OutputDir, shards: list, fields: dict, fresh: bool = Fal
     for key in redo:
         plan.remove += output.list(f"{STAGING_DIR}/{key}", ".parquet")
     if plan.todo:
-        plan.remove += [SUMMARY, SUCCESS]
+        plan.remove += [SUMMARY, REPORT, SUCCESS]
     if fresh:
         plan.remove += [PROGRESS]
     return plan

@@ -8,7 +8,7 @@
       _staging/<shard>/r*.parquet      parts of a shard in flight, one per batch (removed once final)
       _LEASE.json                      the active run (id, host, pid, heartbeat)
       _PROGRESS.json                   a run that has not finished: what is done, what failed
-      _SUMMARY.json, _SUCCESS          written last, when every shard is done
+      _SUMMARY.json, _REPORT.html, _SUCCESS   written last, when every shard is done
 
 Every file the job writes appears whole or not at all: locally under a temporary name, then renamed;
 on S3 in one PUT (a multipart upload is invisible until completed). The job removes only these
@@ -34,6 +34,7 @@ STAGING_DIR = "_staging"
 LEASE = "_LEASE.json"
 PROGRESS = "_PROGRESS.json"
 SUMMARY = "_SUMMARY.json"
+REPORT = "_REPORT.html"
 SUCCESS = "_SUCCESS"
 
 

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from pipeline import columns as C
 from pipeline.output import ERRORS_DIR, STAGING_DIR, OutputDir, marker_file, pending_file, result_file
+from pipeline.stats import empty_stats, shard_stats
 
 # Per-document statistics the postprocess stage puts on the first output row of each document.
 DOCUMENTS = "_documents"
@@ -67,7 +68,7 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
         return _write_marker(output, key, {**marker, "rows": 0, "rows_written": 0, "rows_errored": 0,
                                            "output_rows": 0, "tokens": 0, "padded_token_slots": 0, "windows": 0,
                                            "documents_truncated": 0, "largest_document_tokens": 0,
-                                           "top_errors": {}, "files": [], "error_files": []})
+                                           "top_errors": {}, "files": [], "error_files": [], **empty_stats()})
     order = pc.sort_indices(table, sort_keys=[(C.ROW, "ascending")])  # stable: tokens stay in order
     table = table.take(order)
     is_error = pc.is_valid(table.column(C.ERROR))
@@ -101,6 +102,7 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
         "documents_truncated": int(pc.sum(pc.cast(good.column(C.TRUNCATED), pa.int64())).as_py() or 0),
         "largest_document_tokens": int(pc.max(tokens).as_py() or 0) if good.num_rows else 0,
         "top_errors": top_reasons(bad.column(C.ERROR).to_pylist()),
+        **shard_stats(good),
         "files": list(files),
         "error_files": list(error_files),
     }

@@ -7,6 +7,8 @@ import time
 from collections import Counter
 
 from pipeline.output import PROGRESS, SUCCESS, SUMMARY, OutputDir
+from pipeline.report import write_report
+from pipeline.stats import merge_stats
 
 _SUMMED = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
            "documents_truncated")
@@ -21,6 +23,7 @@ def totals(markers: list[dict]) -> dict:
     for m in markers:
         reasons.update(m.get("top_errors", {}))
     t["top_errors"] = dict(reasons.most_common(5))
+    t.update(merge_stats(markers))  # document_tokens_histogram, windows_histogram, label_counts
     return t
 
 
@@ -56,6 +59,7 @@ def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int) -> d
 
 def write_complete(output: OutputDir, summary: dict) -> None:
     output.write_json(SUMMARY, summary)
+    write_report(output, summary)  # _REPORT.html, drawn from the summary
     output.write_bytes(SUCCESS, b"")  # last: schedulers wait for it (Spark / Airflow convention)
     output.remove([PROGRESS])
 

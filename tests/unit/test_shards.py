@@ -117,7 +117,7 @@ def test_resume_plan_skips_matching_shards_and_removes_only_the_jobs_own_files(t
     assert list(plan.done) == ["a"] and [s.key for s in plan.todo] == ["b", "c"]
     assert sorted(plan.remove) == sorted([
         "b-00000.parquet", "_shards/b.json", "c-00000.parquet", "_shards/c.pending.json",
-        "_staging/c/r000000000000-abc.parquet", "_SUMMARY.json", "_SUCCESS"])
+        "_staging/c/r000000000000-abc.parquet", "_SUMMARY.json", "_REPORT.html", "_SUCCESS"])
     out.remove(plan.remove)
     assert (tmp_path / "mine.csv").read_bytes() == b"user" and (tmp_path / "a-00000.parquet").exists()
 
