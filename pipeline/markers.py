@@ -33,7 +33,12 @@ class ResumePlan:
     remove: list[str] = field(default_factory=list)  # relative names of the job's own files
 
 
-def plan_resume(output: OutputDir, shards: list, fields: dict, fresh: bool = False) -> ResumePlan:
+def plan_resume(output: OutputDir, shards: list, fields: dict, fresh: bool = False,
+                limits: dict[str, int] | None = None) -> ResumePlan:
+    """`limits`: rows per shard of a limited run (`--limit`). A limited run's marker counts as done
+    only for a run with the same limit on its shard, so the full run redoes a dry run's partial
+    shards; a full marker counts for any run (a dry run never redoes finished work)."""
+    limits = limits or {}
     markers = _markers(output)
     ours = fingerprint(fields)
     if not fresh:
@@ -50,7 +55,8 @@ def plan_resume(output: OutputDir, shards: list, fields: dict, fresh: bool = Fal
     plan = ResumePlan()
     for shard in shards:
         marker = markers.get(shard.key)
-        if not fresh and marker is not None and marker.get("identity") == shard.identity:
+        if (not fresh and marker is not None and marker.get("identity") == shard.identity
+                and marker.get("limit") in (None, limits.get(shard.key))):
             plan.done[shard.key] = marker
         else:
             plan.todo.append(shard)

@@ -8,7 +8,7 @@ from collections import Counter
 
 from pipeline.output import PROGRESS, SUCCESS, SUMMARY, OutputDir
 from pipeline.report import write_report
-from pipeline.stats import merge_stats
+from pipeline.stats import STATS_KEYS, merge_stats
 
 _SUMMED = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
            "documents_truncated")
@@ -36,9 +36,16 @@ def error_verdict(t: dict, max_error_fraction: float) -> str | None:
             f"({max_error_fraction:g}) allows: {reasons}")
 
 
-def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int) -> dict:
+def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int, measured: dict | None = None,
+                  limited: bool = False) -> dict:
+    """`measured`: this run's StageMeter snapshot (`stages`: rows, tokens, busy seconds and rates per
+    stage; `timeline`: rows and tokens per time bucket). `limited`: a `--limit` run, status `limited`
+    (and no `_SUCCESS`: the input is not done)."""
+    measured = measured or {}
+    stages = measured.get("stages", {})
+    model = stages.get("predict", {})
     return {
-        "status": "complete",
+        "status": "limited" if limited else "complete",
         "rows_read": t["rows_read"],
         "rows_written": t["rows_written"],
         "rows_errored": t["rows_errored"],
@@ -50,9 +57,16 @@ def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int) -> d
         "documents_truncated": t["documents_truncated"],
         "largest_document_tokens": t["largest_document_tokens"],
         "top_errors": t["top_errors"],
+        # Distributions and label counts over every shard (pipeline/stats.py), for the report.
+        **{k: t[k] for k in STATS_KEYS},
         "wall_seconds": round(wall, 3),
         # Over the tokens this run computed (shards resumed from an earlier run are not counted).
         "tokens_per_second": round(tokens_this_run / wall, 1) if wall else 0.0,
+        # The model stage alone: its tokens over its busy seconds, summed over its actors.
+        "model_busy_seconds": model.get("busy_seconds", 0.0),
+        "model_tokens_per_second": model.get("tokens_per_second"),
+        "stages": stages,
+        "timeline": measured.get("timeline", {}),
         **run,
     }
 
@@ -60,7 +74,8 @@ def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int) -> d
 def write_complete(output: OutputDir, summary: dict) -> None:
     output.write_json(SUMMARY, summary)
     write_report(output, summary)  # _REPORT.html, drawn from the summary
-    output.write_bytes(SUCCESS, b"")  # last: schedulers wait for it (Spark / Airflow convention)
+    if summary["status"] == "complete":  # a --limit run did not do the whole input
+        output.write_bytes(SUCCESS, b"")  # last: schedulers wait for it (Spark / Airflow convention)
     output.remove([PROGRESS])
 
 
