@@ -50,6 +50,9 @@ def reader_columns(spec) -> tuple[dict[str, str], tuple[str, ...]]:
     if spec.input.text_pair_column:
         cols[C.TEXT_PAIR] = spec.input.text_pair_column
         optional = (C.TEXT_PAIR,)
+    from pipeline.sources import carry_key
+
+    cols |= {carry_key(name): name for name in spec.output.columns}  # read as they are, never as text
     return cols, optional
 
 
@@ -92,10 +95,13 @@ def _check_paths_apart(input_path: str, output_path: str) -> None:
 def _check_columns(spec, shards) -> None:
     """The configured columns exist in the first readable, non-empty shard (of the first three; an
     unreadable one fails later, alone)."""
+    from pipeline.sources import is_carry_key
+
     columns, optional = reader_columns(spec)
     for shard in shards[:3]:
         try:
-            have = shard_columns(shard, spec.storage)
+            # JSONL: the keys of the first objects, as a carried column may be missing from some rows.
+            have = shard_columns(shard, spec.storage, objects=100)
         except ShardUnreadable:
             continue
         if not have:  # an empty shard tells nothing
@@ -103,7 +109,7 @@ def _check_columns(spec, shards) -> None:
         attr_of = {key: attr for key, attr in head_class(spec.model.head).input_columns.items()}
         for key, user in columns.items():
             if user not in have and key not in optional:
-                field = f"input.{attr_of.get(key, 'text_column')}"
+                field = "output.columns" if is_carry_key(key) else f"input.{attr_of.get(key, 'text_column')}"
                 raise InputError(f"{field}: column {user!r} not in {shard.name} (it has: {', '.join(have)})")
         return
 
@@ -426,7 +432,8 @@ class ShardCompletion:
         marker = {"shard": shard.path, "identity": shard.identity, "fingerprint": self.record["fingerprint"],
                   "spec": self.fields, "run_id": self.record["run_id"]}
         return self.finalize.remote(self.output, shard.key, rows, self.spec.output.rows_per_file,
-                                    {**self.file_metadata, "bert_batch.shard": shard.path}, marker)
+                                    {**self.file_metadata, "bert_batch.shard": shard.path}, marker,
+                                    compression=self.spec.output.compression)
 
     def _collect(self, ref, final: bool) -> None:
         import ray

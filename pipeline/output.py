@@ -111,9 +111,11 @@ class OutputDir:
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, (json.dumps(obj, indent=2) + "\n").encode())
 
-    def write_table(self, rel: str, table: pa.Table) -> None:
+    def write_table(self, rel: str, table: pa.Table, compression: str = "snappy") -> None:
+        """`compression`: a Parquet codec (zstd, snappy, gzip, lz4, none); snappy, pyarrow's default,
+        for staging parts, which live only until their shard is final."""
         buf = io.BytesIO()
-        pq.write_table(table, buf)
+        pq.write_table(table, buf, compression=compression)
         self.write_bytes(rel, buf.getvalue())
 
     @_storage_call("read from")

@@ -60,8 +60,9 @@ class WriteParts:
 
 
 def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: int, file_metadata: dict[str, str],
-                   marker: dict) -> dict:
-    """Turn a shard's parts into its final files and marker; returns the marker.
+                   marker: dict, compression: str = "zstd") -> dict:
+    """Turn a shard's parts into its final files and marker; returns the marker. `compression`: the
+    Parquet codec of the result and error files (output.compression).
     Raises ShardIncomplete when some of its `rows_read` rows are not in the parts."""
     table = _rows_once(output, key, rows_read)
     if table is None:  # an empty shard: done, with no files
@@ -88,7 +89,7 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
     # Record what is about to be written, so a crash in the middle leaves files a rerun can name.
     output.write_json(pending_file(key), {"files": list(files) + list(error_files)})
     for rel, chunk in {**files, **error_files}.items():
-        output.write_table(rel, chunk)
+        output.write_table(rel, chunk, compression=compression)
     tokens = good.column(C.N_TOKENS)
     marker = {
         **marker,

@@ -30,6 +30,11 @@ READ_BATCH_ROWS = 4096
 READ_CHUNK_BYTES = 1 << 20
 PROBE_THREADS = 16  # id-type probes are one small read each; on S3 their latency, not bandwidth, adds up
 
+# Reader keys of the input columns carried to the output (output.columns): CARRY_PREFIX + the column's
+# name. Internal while they travel (stages pass them through untouched); Postprocess writes them under
+# their own names.
+CARRY_PREFIX = "_carry:"
+
 DATA_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}  # fsspec names
 
@@ -244,25 +249,50 @@ def _objects(shard: Shard, storage) -> Iterator[dict]:
                 yield obj
 
 
-def shard_columns(shard: Shard, storage=None) -> list[str]:
-    """The shard's column names: the Parquet schema's, or the keys of the first JSON object."""
+def carry_key(column: str) -> str:
+    """The reader's key for an input column carried to the output (output.columns)."""
+    return CARRY_PREFIX + column
+
+
+def is_carry_key(key: str) -> bool:
+    return key.startswith(CARRY_PREFIX)
+
+
+def shard_columns(shard: Shard, storage=None, objects: int = 1) -> list[str]:
+    """The shard's column names: the Parquet schema's, or the keys of its first `objects` JSON objects
+    (in the order they first appear; a JSON key may be missing from some rows)."""
     if shard.format == "parquet":
         with _open(shard, storage) as f:
             return _parquet_file(f, shard).schema_arrow.names
-    with closing(_objects(shard, storage)) as objects:
-        return list(next(objects, {}))
+    keys: dict[str, None] = {}
+    with closing(_objects(shard, storage)) as found:
+        for _, obj in zip(range(objects), found):
+            keys.update(dict.fromkeys(obj))
+    return list(keys)
+
+
+def _carry_array(values: list) -> pa.Array:
+    """One carried JSON column as Arrow, its type inferred from the values (a missing key is null).
+    Values of no one Arrow type (numbers and strings mixed) are written as their JSON text."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], type=pa.string())
 
 
 class ShardReader:
     """Reads one shard into batches of rows with the internal column names (plain Python; no Ray).
 
     `columns` maps internal names (pipeline.columns) to the user's column names; the id column is
-    separate so that a missing one can be made up from the shard and row index.
+    separate so that a missing one can be made up from the shard and row index. Keys made by
+    `carry_key` name the columns carried to the output: they are read as they are, with their Arrow
+    type (Parquet) or JSON's (JSONL), never checked as text.
     """
 
     def __init__(self, columns: dict[str, str], id_column: str, storage=None, optional: tuple[str, ...] = (),
                  id_type: pa.DataType | None = None):
-        self.columns = columns
+        self.columns = {key: user for key, user in columns.items() if not is_carry_key(key)}
+        self.carry = {key: user for key, user in columns.items() if is_carry_key(key)}
         self.id_column = id_column
         self.storage = storage
         self.optional = set(optional)
@@ -283,8 +313,10 @@ class ShardReader:
             pf = _parquet_file(f, shard)
             names = set(pf.schema_arrow.names)
             missing = [user for key, user in self.columns.items() if user not in names and key not in self.optional]
+            missing += [user for user in self.carry.values() if user not in names]
             has_id = self.id_column in names
-            wanted = sorted({u for u in self.columns.values() if u in names} | ({self.id_column} if has_id else set()))
+            wanted = sorted({u for u in [*self.columns.values(), *self.carry.values()] if u in names}
+                            | ({self.id_column} if has_id else set()))
             batches = pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted or None)
             row0 = 0
             while True:
@@ -294,7 +326,7 @@ class ShardReader:
                     raise _unreadable(shard, f"corrupt or unreadable Parquet data after row {row0}", e) from e
                 if batch is None:
                     break
-                present = batch.to_pydict()
+                present = {u: batch.column(u).to_pylist() for u in set(self.columns.values()) if u in names}
                 n = batch.num_rows
                 rows = [
                     {key: present[user][i] if user in present else None for key, user in self.columns.items()}
@@ -306,7 +338,9 @@ class ShardReader:
                     for r in rows:
                         r[C.ERROR] = reason
                 ids = batch.column(self.id_column) if has_id else False
-                yield self._to_table(rows, shard, row0, ids)
+                carried = {key: batch.column(user) if user in names else pa.nulls(n)
+                           for key, user in self.carry.items()}
+                yield self._to_table(rows, shard, row0, ids, carried)
                 row0 += n
 
     # -- jsonl -----------------------------------------------------------------------------------
@@ -319,12 +353,12 @@ class ShardReader:
                 continue  # blank (ASCII whitespace only) lines are not rows
             obj, problem = _parse(line)
             if obj is None:
-                row = {key: None for key in self.columns}
+                row = {key: None for key in [*self.columns, *self.carry]}
                 row[C.ERROR] = f"line {line_no}: {problem}"
             else:
                 if has_id is None:
                     has_id = self.id_column in obj
-                row = {key: obj.get(user) for key, user in self.columns.items()}
+                row = {key: obj.get(user) for key, user in [*self.columns.items(), *self.carry.items()]}
                 ident = row[C.ID] = obj.get(self.id_column)
                 if has_id and isinstance(ident, int) and not isinstance(ident, bool) and not _fits(ident, pa.int64()):
                     # JSON integers are unbounded; no Arrow (or Parquet) id column holds this one.
@@ -339,9 +373,10 @@ class ShardReader:
             yield self._to_table(rows, shard, row0, None if has_id else False)
 
     # -- common ----------------------------------------------------------------------------------
-    def _to_table(self, rows: list[dict], shard: Shard, row0: int, ids) -> pa.Table:
+    def _to_table(self, rows: list[dict], shard: Shard, row0: int, ids, carried: dict | None = None) -> pa.Table:
         """Rows use internal keys. `ids`: an Arrow array of the input's ids (kept with their type),
-        None to take `row[C.ID]`, or False when the input has no id column (stable ids are made)."""
+        None to take `row[C.ID]`, or False when the input has no id column (stable ids are made).
+        `carried`: the carried columns as Arrow arrays (Parquet); otherwise they are taken from the rows."""
         text_cols = [k for k in self.columns if k not in self.optional]
         id_errors: list[str | None] = [None] * len(rows)
         if ids is False:
@@ -374,6 +409,8 @@ class ShardReader:
         data = {C.ID: ids}
         for key in self.columns:
             data[key] = pa.array(values[key], type=pa.string())
+        for key in self.carry:
+            data[key] = carried[key] if carried is not None else _carry_array([r.get(key) for r in rows])
         data[C.SHARD] = pa.array([shard.index] * len(rows), type=pa.int32())
         data[C.ROW] = pa.array(range(row0, row0 + len(rows)), type=pa.int64())
         data[C.ERROR] = pa.array(errors, type=pa.string())

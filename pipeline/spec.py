@@ -52,7 +52,9 @@ class ModelSpec(_Strict):
         ge=8,
         le=8192,
         description="Tokens per window, special tokens included (capped by the model's positions). Default: 384 for "
-        "question-answering (the window transformers' QA pipeline uses, its `max_seq_len`), 512 for the other heads.",
+        "question-answering (the window transformers' QA pipeline uses, its `max_seq_len`); for embedding, a "
+        "sentence-transformers checkpoint's `max_seq_length` (its `sentence_bert_config.json`), else 512; 512 for the "
+        "other heads.",
     )
     stride: int | None = Field(
         None,
@@ -226,10 +228,11 @@ class JobSpec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
     batching: BatchingSpec = BatchingSpec()
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _head_kind_from_model(cls, data: Any) -> Any:
+    def _head_kind_from_model(cls, data: Any, handler) -> "JobSpec":
         # `head.kind` is implied by `model.head`; users never write it.
+        filled = False
         if isinstance(data, dict):
             model = data.get("model")
             head_name = model.get("head") if isinstance(model, dict) else None
@@ -243,7 +246,14 @@ class JobSpec(_Strict):
             if isinstance(model, dict) and model.get("max_length") is None and isinstance(head_name, str):
                 max_length = DEFAULT_MAX_LENGTH.get(head_name, DEFAULT_MAX_LENGTH_OTHER_HEADS)
                 data = {**data, "model": {**model, "max_length": max_length}}
-        return data
+                filled = True
+        spec = handler(data)
+        if filled:
+            # A filled-in default is not a value the spec set: `"max_length" in spec.model.model_fields_set`
+            # says whether the user chose the window (the embedding head otherwise takes a
+            # sentence-transformers checkpoint's max_seq_length).
+            spec.model.__pydantic_fields_set__.discard("max_length")
+        return spec
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "JobSpec":

@@ -6,12 +6,15 @@ Error rows (`_error` set) pass through every stage untouched and are written to 
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline.heads import build_head
 from pipeline.heads.base import Context, RowError
 from pipeline.models import check_architecture, load_config, load_tokenizer, resolve_model_dir
+from pipeline.sources import carry_key, is_carry_key
+from pipeline.spec import SpecError
 
 _COMMON_ENCODE_FIELDS = [
     pa.field(C.INPUT_IDS, pa.list_(pa.list_(pa.int32()))),
@@ -27,7 +30,24 @@ def load_head(spec):
     tokenizer = load_tokenizer(model_dir, spec.model.trust_remote_code)
     config = load_config(model_dir, spec.model.trust_remote_code)
     check_architecture(config, spec.model.head, spec.model.allow_random_head)
-    return build_head(Context(spec=spec, tokenizer=tokenizer, config=config, extra={"model_dir": model_dir}))
+    head = build_head(Context(spec=spec, tokenizer=tokenizer, config=config, extra={"model_dir": model_dir}))
+    check_carried_columns(spec.output.columns, head.output_schema(pa.string()).names)
+    return head
+
+
+def check_carried_columns(carried: list[str], output_names: list[str]) -> None:
+    """output.columns can sit beside the head's columns: no clash, no repeat, no internal name."""
+    seen = set()
+    for name in carried:
+        if name in output_names:
+            raise SpecError(f"output.columns: {name!r} is also an output column of this head "
+                            f"({', '.join(output_names)}); rename it in the input or leave it out")
+        if name.startswith("_"):
+            raise SpecError(f"output.columns: {name!r} starts with '_', which names the job's internal columns; "
+                            "rename it in the input or leave it out")
+        if name in seen:
+            raise SpecError(f"output.columns: {name!r} is listed twice")
+        seen.add(name)
 
 
 def _with_errors(batch: pa.Table, errors: list) -> pa.Table:
@@ -74,7 +94,7 @@ class Tokenize:
         self.fields = _COMMON_ENCODE_FIELDS + self.head.encode_schema()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+        rows = batch.select([n for n in batch.schema.names if not is_carry_key(n)]).to_pylist()
         errors = [r[C.ERROR] for r in rows]
         good = [i for i, e in enumerate(errors) if e is None]
         encoded: list[dict | None] = [None] * len(rows)
@@ -92,23 +112,43 @@ class Tokenize:
         return batch
 
 
+def _output_array(values: list, type: pa.DataType) -> pa.Array:
+    """One output column. Vectors (fixed_size_list of floats) are stacked into one flat NumPy array
+    first, not converted value by value; None (error rows) stays null."""
+    if not (pa.types.is_fixed_size_list(type) and pa.types.is_floating(type.value_type)):
+        return pa.array(values, type=type)
+    size = type.list_size
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    flat = np.zeros((len(values), size), dtype=type.value_type.to_pandas_dtype())
+    if valid.any():
+        flat[valid] = np.stack([np.asarray(v).reshape(size) for v in values if v is not None])
+    mask = None if valid.all() else pa.array(~valid)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), size, mask=mask)
+
+
 class Postprocess:
     """CPU stage: per-window model outputs -> output rows (one per document, or one per token)."""
 
     def __init__(self, spec, head=None):
         self.head = head or load_head(spec)
+        self.carried = list(spec.output.columns)
+        if head is not None:  # load_head checked its own
+            check_carried_columns(self.carried, head.output_schema(pa.string()).names)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Returns the output rows plus the internal columns the writer needs: `_error` (null for
         output rows; for an error row, the reason and no outputs), `_shard`, `_row` and the per-document
-        statistics, which are set on the first output row of each document only (so sums stay right)."""
+        statistics, which are set on the first output row of each document only (so sums stay right).
+        The carried input columns (output.columns) follow the id, taken whole from the batch."""
         id_type = batch.schema.field(C.ID).type
         schema = self.head.output_schema(id_type)
         out_cols: dict[str, list] = {name: [] for name in schema.names}
         internal: dict[str, list] = {C.SHARD: [], C.ROW: [], C.ERROR: [], C.N_TOKENS: [], C.PADDED_SLOTS: [],
                                      C.TRUNCATED: [], "_n_windows": [], "_documents": []}
         stat_cols = [c for c in (C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED) if c in batch.schema.names]
-        for row in rows_with_array_views(batch):
+        document: list[int] = []  # per output row, its document's row in the batch
+        head_columns = batch.select([n for n in batch.schema.names if not is_carry_key(n)])
+        for d, row in enumerate(rows_with_array_views(head_columns)):
             error = row[C.ERROR]
             produced: list[dict] = []
             if error is None:
@@ -121,6 +161,7 @@ class Postprocess:
             if error is not None:
                 produced = [{C.ID: row[C.ID]}]
             n_windows = len(row.get(C.INPUT_IDS) or [])
+            document.extend([d] * len(produced))
             for k, out_row in enumerate(produced):
                 for name in schema.names:
                     out_cols[name].append(out_row.get(name))
@@ -133,8 +174,13 @@ class Postprocess:
                 for c in (C.N_TOKENS, C.PADDED_SLOTS):
                     internal[c].append((row.get(c) or 0) if first and c in stat_cols else 0)
                 internal[C.TRUNCATED].append(bool(row.get(C.TRUNCATED)) if first else False)
-        arrays = [pa.array(out_cols[f.name], type=f.type) for f in schema]
+        arrays = [_output_array(out_cols[f.name], f.type) for f in schema]
         table = pa.Table.from_arrays(arrays, schema=schema)
+        if self.carried:
+            take = pa.array(document, type=pa.int64())
+            for i, name in enumerate(self.carried):
+                col = batch.column(carry_key(name)).take(take)
+                table = table.add_column(1 + i, pa.field(name, col.type), col)
         types = {C.SHARD: pa.int32(), C.ROW: pa.int64(), C.ERROR: pa.string(), C.N_TOKENS: pa.int64(),
                  C.PADDED_SLOTS: pa.int64(), C.TRUNCATED: pa.bool_(), "_n_windows": pa.int64(), "_documents": pa.int64()}
         for name, values in internal.items():

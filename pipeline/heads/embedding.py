@@ -1,14 +1,84 @@
 """Embeddings: pooled document vectors (mean as sentence-transformers, [CLS], or the pooler output)
-or, at token granularity, the sequence output itself, one row per token."""
+or, at token granularity, the sequence output itself, one row per token.
+
+A sentence-transformers checkpoint brings its own defaults, read from its files (see
+`sentence_transformers_defaults`): the pooling of its Pooling module, normalisation when it ends in a
+Normalize module, and its max_seq_length as the window when the spec does not set model.max_length.
+With them, the document vectors equal `SentenceTransformer(path).encode(texts)`.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import columns as C
-from pipeline.heads.base import RowError, WindowedTextHead
+from pipeline.heads.base import RowError, WindowedTextHead, model_max_length
+from pipeline.models import ModelError
 from pipeline.windows import surface_offsets
+
+# sentence-transformers' pooling modes (`pooling_mode` in 1_Pooling/config.json; older checkpoints
+# have one `pooling_mode_<x>` flag per mode) -> ours; the others are not computed here.
+_ST_POOLING = {"mean": "mean", "cls": "cls"}
+_ST_LEGACY_FLAGS = {
+    "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+@dataclass(frozen=True)
+class STDefaults:
+    """What a sentence-transformers checkpoint says about its embeddings (all None when it is not one)."""
+
+    pooling: str | None = None  # ours ("mean", "cls"), or None
+    unsupported: str | None = None  # why its pipeline cannot be reproduced here, one clause
+    normalize: bool | None = None
+    max_seq_length: int | None = None
+
+
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sentence_transformers_defaults(model_dir: str | None) -> STDefaults:
+    """The defaults in a local sentence-transformers checkpoint: `modules.json` lists its modules
+    (Transformer, Pooling, Normalize, ...); the Pooling module's `config.json` names the pooling; the
+    Transformer module's `sentence_bert_config.json` holds `max_seq_length`."""
+    if not model_dir or not os.path.isfile(os.path.join(model_dir, "modules.json")):
+        return STDefaults()
+    modules = _read_json(os.path.join(model_dir, "modules.json"))
+    kinds = [(str(m.get("type", "")).rsplit(".", 1)[-1], m.get("path", "")) for m in modules]
+    pooling = unsupported = max_seq_length = None
+    for kind, path in kinds:
+        folder = os.path.join(model_dir, path)
+        if kind == "Transformer":
+            config = os.path.join(folder, "sentence_bert_config.json")
+            if os.path.isfile(config):
+                max_seq_length = _read_json(config).get("max_seq_length")
+        elif kind == "Pooling":
+            config = _read_json(os.path.join(folder, "config.json"))
+            modes = config.get("pooling_mode")
+            if modes is None:
+                modes = [mode for flag, mode in _ST_LEGACY_FLAGS.items() if config.get(flag)] or ["mean"]
+            modes = [modes] if isinstance(modes, str) else list(modes)
+            if len(modes) == 1 and modes[0] in _ST_POOLING:
+                pooling = _ST_POOLING[modes[0]]
+            else:
+                unsupported = f"its pooling is {' + '.join(modes)} ({path}/config.json)"
+        elif kind != "Normalize" and unsupported is None:
+            unsupported = f"it has a {kind} module ({path or 'modules.json'})"
+    if pooling is None and unsupported is None:
+        unsupported = "it has no Pooling module"
+    return STDefaults(pooling=pooling, unsupported=unsupported,
+                      normalize=any(kind == "Normalize" for kind, _ in kinds),
+                      max_seq_length=int(max_seq_length) if max_seq_length else None)
 
 
 class Embedding(WindowedTextHead):
@@ -21,7 +91,22 @@ class Embedding(WindowedTextHead):
         self.granularity = ctx.spec.output.granularity
         self.hidden = int(self.config.hidden_size)
         self.forward_outputs = {"tokens" if self.granularity == "token" else "vector": pa.float32()}
-        if self.options.pooling == "pooler" and self.options.layer is not None:
+        st = sentence_transformers_defaults(ctx.extra.get("model_dir"))
+        document = self.granularity == "document"
+        self.pooling = self.options.pooling or st.pooling or "mean"
+        if self.options.pooling is None and document and st.unsupported:
+            raise ModelError(f"head.pooling: {ctx.spec.model.path} is a sentence-transformers checkpoint whose "
+                             f"embeddings this job cannot reproduce ({st.unsupported}); set head.pooling to mean, cls "
+                             "or pooler to pool the encoder's output instead")
+        # Normalize acts on the pooled vector: per-token vectors stay raw unless head.normalize says so.
+        self.normalize = self.options.normalize if self.options.normalize is not None else bool(document and st.normalize)
+        if st.max_seq_length and "max_length" not in ctx.spec.model.model_fields_set:
+            # The window the checkpoint was trained with (sentence-transformers truncates there).
+            shim = SimpleNamespace(model=SimpleNamespace(max_length=st.max_seq_length))
+            self.max_length = model_max_length(shim, ctx.tokenizer, ctx.config)
+            stride = ctx.spec.model.stride if ctx.spec.model.stride is not None else self.max_length // 4
+            self.stride = min(stride, self.max_length // 2)
+        if self.pooling == "pooler" and self.options.layer is not None:
             raise ValueError("head.layer: the pooler reads the last layer only; use pooling cls or mean with head.layer")
 
     def keep_all_windows(self) -> bool:
@@ -29,7 +114,7 @@ class Embedding(WindowedTextHead):
 
     def head_parameter_prefixes(self):
         # The encoder is the whole model; only the pooler can be missing from a checkpoint.
-        return ("pooler.",) if self.options.pooling == "pooler" and self.granularity == "document" else ()
+        return ("pooler.",) if self.pooling == "pooler" and self.granularity == "document" else ()
 
     def _hidden(self, model, inputs):
         layer = self.options.layer
@@ -42,7 +127,7 @@ class Embedding(WindowedTextHead):
         if self.granularity == "token":
             h = hidden.cpu().numpy()
             return {"tokens": [h[i, : lengths[i]] for i in range(len(lengths))]}
-        pooling = self.options.pooling
+        pooling = self.pooling
         if pooling == "cls":
             vec = hidden[:, 0]
         elif pooling == "pooler":
@@ -56,7 +141,7 @@ class Embedding(WindowedTextHead):
         return {"vector": [v[i] for i in range(len(v))]}
 
     def output_schema(self, id_type):
-        vector = pa.list_(pa.float32())
+        vector = pa.list_(pa.float32(), self.hidden)  # fixed_size_list: vector stores read it as a vector
         if self.granularity == "token":
             return pa.schema(
                 [("id", id_type), ("token_index", pa.int32()), ("token", pa.string()), ("start", pa.int32()),
@@ -65,7 +150,7 @@ class Embedding(WindowedTextHead):
         return pa.schema([("id", id_type), ("embedding", vector)])
 
     def _normalize(self, v: np.ndarray) -> np.ndarray:
-        if not self.options.normalize:
+        if not self.normalize:
             return v
         norm = np.linalg.norm(v, axis=-1, keepdims=True)
         return v / np.maximum(norm, 1e-12)

@@ -1,6 +1,6 @@
 """Embeddings with the real MiniLM checkpoint through Ray: document vectors (384 floats, equal to a
-direct mean-pooled forward pass) and token vectors (one row per non-special token, long documents
-included)."""
+direct mean-pooled, normalised forward pass: the checkpoint's sentence-transformers defaults) and token
+vectors (one row per non-special token, long documents included), both `fixed_size_list<float>[384]`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _run(tmp_path, minilm_dir, granularity):
         {
             "input": {"path": str(src)},
             "model": {"path": minilm_dir, "head": "embedding", "max_length": MAX_LENGTH},
-            "head": {"pooling": "mean"},
+            "head": {},  # the checkpoint's own: mean pooling, then its Normalize module
             "output": {"path": str(tmp_path / "out"), "granularity": granularity},
             "resources": SMALL_RESOURCES,
         }
@@ -50,6 +50,7 @@ def test_document_embeddings_match_a_direct_forward_pass(tmp_path, minilm_dir, r
     assert all(v.shape == (384,) for v in got.values())
     for _, table in out["results"]:
         assert table.schema.field("id").type == pa.int64()
+        assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     model = AutoModel.from_pretrained(minilm_dir).eval()
@@ -58,7 +59,7 @@ def test_document_embeddings_match_a_direct_forward_pass(tmp_path, minilm_dir, r
     with torch.inference_mode():
         hidden = model(**enc).last_hidden_state
     mask = enc["attention_mask"].unsqueeze(-1).float()
-    expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
     for doc, vec in zip(DOCS, expected):
         np.testing.assert_allclose(got[doc["id"]], vec, atol=2e-4, rtol=1e-3)
 
@@ -82,4 +83,4 @@ def test_token_embeddings_one_row_per_non_special_token(tmp_path, minilm_dir, ra
     assert summary["documents_truncated"] == 0  # token granularity runs every window
     assert summary["windows"] > len(DOCS)
     for _, table in out["results"]:
-        assert table.schema.field("embedding").type == pa.list_(pa.float32())
+        assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)

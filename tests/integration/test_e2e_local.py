@@ -1,9 +1,11 @@
 """End to end through Ray on local files (in-process `pipeline.job.run`, one Ray session): bad rows
-become error rows with reasons, ids keep their input type, inputs without ids get stable ids, and a
-re-run resumes instead of duplicating."""
+become error rows with reasons, ids keep their input type, inputs without ids get stable ids, chosen
+input columns (output.columns) reach every output row with their types, and a re-run resumes instead
+of duplicating."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pyarrow as pa
@@ -91,6 +93,11 @@ PARQUET_TEXTS = {
     "part-0.parquet": ["Alice works at Acme in Paris.", "Bob visited Berlin.", "Short."],
     "part-1.parquet": ["Zoe flew to Tokyo with Nintendo staff.", None],
 }
+CARRIED = ["day", "lang"]  # output.columns: a date32 and a string column of the input
+
+
+def _carried(name: str, i: int) -> dict:
+    return {"day": dt.date(2024, 5, 1 + i + 10 * name.startswith("part-1")), "lang": f"{name[:6]}-{i}"}
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +108,12 @@ def parquet_job(tmp_path_factory, tiny_ner_dir, ray_session):
     base = tmp_path_factory.mktemp("parquet-job")
     (base / "in").mkdir()
     for name, texts in PARQUET_TEXTS.items():
-        pq.write_table(pa.table({"text": pa.array(texts, type=pa.string())}), base / "in" / name)
-    spec = _spec(base / "in", base / "out", tiny_ner_dir, granularity="token", rows_per_file=4)
+        extra = [_carried(name, i) for i in range(len(texts))]
+        pq.write_table(pa.table({"text": pa.array(texts, type=pa.string()),
+                                 "day": pa.array([e["day"] for e in extra], type=pa.date32()),
+                                 "lang": pa.array([e["lang"] for e in extra]), "unused": pa.array([1] * len(texts))}),
+                       base / "in" / name)
+    spec = _spec(base / "in", base / "out", tiny_ner_dir, granularity="token", rows_per_file=4, columns=CARRIED)
     summary = run(spec, progress=lambda msg: None)
     return spec, summary, base / "out"
 
@@ -119,7 +130,8 @@ def test_parquet_without_id_column_gets_stable_ids(parquet_job, tiny_ner_dir):
     results = rows(out["results"])
     for _, table in out["results"]:
         assert table.schema.field("id").type == pa.string()
-        assert table.column_names == ["id", "token_index", "token", "start", "end", "label", "score"]
+        assert table.column_names == ["id", *CARRIED, "token_index", "token", "start", "end", "label", "score"]
+        assert table.schema.field("day").type == pa.date32()
     # Token granularity: one row per non-special token, in order, with offsets into the text.
     for ident, text in expected_ids.items():
         if text is None:
@@ -128,6 +140,8 @@ def test_parquet_without_id_column_gets_stable_ids(parquet_job, tiny_ner_dir):
         expected_tokens = tokenizer.tokenize(text)
         assert [r["token"] for r in mine] == expected_tokens, ident
         assert [r["token_index"] for r in mine] == list(range(len(expected_tokens)))
+        name, i = ident.rsplit(":", 1)
+        assert all({c: r[c] for c in CARRIED} == _carried(name, int(i)) for r in mine), ident  # every token row
         for r in mine:
             assert text[r["start"] : r["end"]].lower().replace(" ", "") == r["token"].removeprefix("##")
     assert summary["output_rows"] == sum(len(tokenizer.tokenize(t)) for t in expected_ids.values() if t)

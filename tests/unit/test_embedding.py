@@ -4,6 +4,7 @@ transformers do it, on the shipped all-MiniLM-L6-v2 and tiny encoders."""
 import importlib.resources
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
@@ -55,12 +56,14 @@ def test_pooled_embeddings_equal_the_reference(reference, pooling, normalize):
         ref = torch.nn.functional.normalize(ref, dim=-1)
     got = _embeddings(results)
     assert got.shape == (3, 384)
+    assert results.schema.field("embedding").type == pa.list_(pa.float32(), 384)  # fixed_size_list
     np.testing.assert_allclose(got, ref.numpy(), atol=1e-5)
 
 
 def test_another_layer(reference):
     _, enc, out = reference
-    results, _ = _runner(MINILM, {"pooling": "cls", "layer": 2}).run([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    # normalize: false overrides the checkpoint's own Normalize module (sentence-transformers defaults).
+    results, _ = _runner(MINILM, {"pooling": "cls", "layer": 2, "normalize": False}).run([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
     np.testing.assert_allclose(_embeddings(results), out.hidden_states[2][:, 0].numpy(), atol=1e-5)
     assert not np.allclose(_embeddings(results), out.last_hidden_state[:, 0].numpy(), atol=1e-3)
 
@@ -68,6 +71,7 @@ def test_another_layer(reference):
 def test_token_vectors_are_the_sequence_output(reference):
     tok, enc, out = reference
     results, _ = _runner(MINILM, granularity="token").run([{"id": 7, "text": TEXTS[1]}])
+    assert results.schema.field("embedding").type == pa.list_(pa.float32(), 384)  # a vector per token
     n = int(enc["attention_mask"][1].sum()) - 2  # without [CLS] and [SEP]
     assert results.num_rows == n
     np.testing.assert_allclose(_embeddings(results), out.last_hidden_state[1, 1 : n + 1].numpy(), atol=1e-5)
@@ -80,8 +84,10 @@ def test_long_documents_mean_weights_windows_by_their_tokens():
     tok = AutoTokenizer.from_pretrained(MINILM)
     model = AutoModel.from_pretrained(MINILM).eval()
     text = " ".join(TEXTS * 6)
-    truncated, _ = _runner(MINILM, max_length=16, stride=4).run([{"id": 0, "text": text}])
-    averaged, _ = _runner(MINILM, {"long_document": "mean"}, max_length=16, stride=4).run([{"id": 0, "text": text}])
+    raw = {"normalize": False}  # MiniLM's own Normalize module would be the default
+    truncated, _ = _runner(MINILM, raw, max_length=16, stride=4).run([{"id": 0, "text": text}])
+    averaged, _ = _runner(MINILM, {"long_document": "mean", **raw}, max_length=16, stride=4).run(
+        [{"id": 0, "text": text}])
     enc = tok(text, truncation=True, max_length=16, stride=4, return_overflowing_tokens=True)
     vectors, weights = [], []
     with torch.no_grad():

@@ -275,3 +275,32 @@ def test_word_to_chars_port_matches_tokenizers(model):
                     assert _word_to_chars(e.offsets, words, span, w) == (tuple(ref) if ref is not None else None)
                     checked += 1
     assert checked > 100
+
+
+def test_default_window_is_the_pipelines_384_tokens(tmp_path):
+    """A spec without model.max_length gets transformers' QA default (max_seq_len 384, doc_stride 128):
+    a context longer than 384 tokens is cut into exactly the windows the pipeline's tokenizer call
+    makes, and the best answer over them is a span of the context."""
+    from transformers import AutoTokenizer
+
+    from tests.models import build_bert
+
+    model_dir = build_bert(tmp_path / "qa", head="question-answering", seed=2)
+    spec = spec_from_dict({"input": {"path": "memory.jsonl"}, "model": {"path": str(model_dir),
+                                                                        "head": "question-answering"},
+                           "output": {"path": "unused"}})
+    assert spec.model.max_length == 384 and spec.head.doc_stride == 128
+    question = "Where did the committee meet?"
+    context = " ".join(f"In year {1900 + k} the committee met in Geneva with {k} delegates." for k in range(60))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    expected = tok(question, context, truncation="only_second", max_length=384, stride=128,
+                   return_overflowing_tokens=True)["input_ids"]
+    assert len(tok(question, context)["input_ids"]) > 384 and len(expected) >= 3
+    runner = LocalRunner(spec)
+    rows = [{"id": 0, "question": question, "context": context}]
+    (tokenized,) = runner.tokenize(runner.prepare(rows)).to_pylist()
+    assert tokenized[C.INPUT_IDS] == [list(w) for w in expected]
+    results, errors = runner.run(rows)
+    assert errors.num_rows == 0
+    (answer,) = results.to_pylist()
+    assert answer["answer"] == context[answer["start"]:answer["end"]] and answer["answer"]
