@@ -22,8 +22,10 @@ from pipeline import columns as C
 from pipeline.heads import head_class
 from pipeline.lease import Lease
 from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
+from pipeline.meter import StageMeter
 from pipeline.output import OutputDir, StorageFailed
-from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
+from pipeline.progress import Display, RowTotal, Snapshot, count_rows
+from pipeline.sinks import DOCUMENTS, ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import InputError, ShardReader, ShardUnreadable, list_shards, probe_id_type, shard_columns
 from pipeline.spec import SpecError
 from pipeline.storage import protocol_of, strip_protocol
@@ -115,15 +117,24 @@ def _check_columns(spec, shards) -> None:
 
 
 def _check_writable(output: OutputDir) -> None:
-    """Locally: the folder, or the nearest one above it that exists, is writable (nothing is made).
-    Object storage: a probe object is written and removed."""
+    """Locally: the folder, or the nearest one above it that exists, is a folder where a file can be
+    made (a hidden probe file is made and removed there; no folder is made). os.access alone says yes
+    to root on a read-only mount or /proc. Object storage: a probe object is written and removed."""
     try:
         if output.local:
             parent = output.root
             while not os.path.exists(parent):
                 parent = os.path.dirname(parent)
-            if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-                raise PermissionError(f"{parent} is not a writable folder")
+            if not os.path.isdir(parent):
+                raise InputError(f"output.path: cannot write to {output.path} ({parent} is a file, not a folder); "
+                                 "choose another output.path")
+            probe = os.path.join(parent, f".write-probe-{os.getpid()}-{os.urandom(4).hex()}")
+            try:
+                os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except OSError as e:
+                raise InputError(f"output.path: cannot write to {output.path} ({parent} is not a writable folder: "
+                                 f"{e.strerror or e}); choose another output.path or make it writable") from None
+            os.remove(probe)
             return
         probe = f".write-probe-{os.getpid()}"
         output.write_bytes(probe, b"")
@@ -134,11 +145,15 @@ def _check_writable(output: OutputDir) -> None:
         raise InputError(f"output.path: cannot write to {output.path} ({e})") from None
 
 
-def _init_ray(spec, cpus_needed: float) -> bool:
-    """Attach to the cluster this process runs in, or start a local Ray. True when local."""
+def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
+    """Attach to the cluster this process runs in, or start a local Ray. True when local.
+    Quiet unless `verbose`: workers' own output stays in Ray's logs (/tmp/ray/session_latest/logs), and
+    Ray Data's start-up notices are off; the job's errors carry their causes anyway."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     if ray.is_initialized():
         return _is_local()
     address = spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
@@ -148,11 +163,11 @@ def _init_ray(spec, cpus_needed: float) -> bool:
 
         address = read_ray_address()
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
         return False
     # Local Ray: logical CPUs are a scheduling budget, not cores; torch threads are set per actor.
     cpus = max(os.cpu_count() or 1, int(cpus_needed + 1.5))
-    ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False)
+    ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False, log_to_driver=verbose)
     return True
 
 
@@ -162,13 +177,23 @@ def _is_local() -> bool:
     return len(ray.nodes()) == 1
 
 
-def run(spec, progress=None, fresh: bool = False) -> dict:
+def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verbose: bool = False) -> dict:
     """Run the job on the shards not done yet (all of them with `fresh`); returns the summary (also
-    written to output.path/_SUMMARY.json). Raises JobFailed when it did not finish."""
-    progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    written to output.path/_SUMMARY.json). Raises JobFailed when it did not finish.
+
+    `progress`: None shows a live progress display on stderr; a callable gets the job's messages
+    instead (and no display). `limit`: run only the first N rows of the input (a dry run; see
+    `_first_rows`). `verbose`: let Ray and the workers print their own logs."""
+    display = Display(sys.stderr) if progress is None else Display(message=progress)
     started = time.time()
     facts = validate(spec, check_writable=False)
     shards = facts["shards"]
+    limits: dict[str, int] = {}
+    if limit is not None:
+        chosen, limits = _first_rows(shards, limit, spec.storage)
+        if len(chosen) == len(shards) and not limits:
+            limit = None  # the limit holds the whole input: a full run
+        shards = chosen
     output = OutputDir(spec.output.path, spec.storage)
     fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
     try:
@@ -176,7 +201,8 @@ def run(spec, progress=None, fresh: bool = False) -> dict:
     except (StorageFailed, OSError) as e:
         raise InputError(f"output.path: {e}") from None
     try:
-        return _run_leased(spec, shards, facts, output, fields, lease, fresh, progress, started)
+        return _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh, display, started,
+                           verbose)
     except (JobFailed, SpecError, InputError, FingerprintMismatch):
         raise
     except Exception as e:  # noqa: BLE001 - storage failing between the stages: one sentence, and resumable
@@ -186,13 +212,32 @@ def run(spec, progress=None, fresh: bool = False) -> dict:
         lease.release()
 
 
-def _run_leased(spec, shards, facts, output, fields, lease, fresh, progress, started) -> dict:
+def _first_rows(shards, limit: int, storage) -> tuple[list, dict[str, int]]:
+    """The shards that hold the first `limit` rows of the input, in order, and the rows to read of the
+    last one when it is cut. A cut shard's marker says so, and a later run without the same limit
+    redoes it."""
+    chosen, limits, left = [], {}, limit
+    for shard in shards:
+        if left <= 0:
+            break
+        try:
+            n = count_rows(shard, storage)
+        except ShardUnreadable:
+            n = left  # the reader will report it, and the run will not be complete
+        chosen.append(shard)
+        if n > left:  # the shard is cut: its marker will say so
+            limits[shard.key] = left
+        left -= n
+    return chosen, limits
+
+
+def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh, display, started, verbose) -> dict:
     """`run` once the lease is held: resume plan, the work, then the summary or a progress record."""
-    plan = plan_resume(output, shards, fields, fresh)
+    plan = plan_resume(output, shards, fields, fresh, limits=limits)
     removed = output.remove(plan.remove)
     if plan.done or removed:
-        progress(f"{len(plan.done)} of {len(shards)} shard(s) done by an earlier run; "
-                 f"removed {removed} file(s) of unfinished shards")
+        display.message(f"{len(plan.done)} of {len(shards)} shard(s) done by an earlier run; "
+                        f"removed {removed} file(s) of unfinished shards")
     record = {
         "run_id": lease.run_id, "fingerprint": fingerprint(fields), "model": spec.model.path,
         "model_revision": facts["model"]["revision"], "head": spec.model.head,
@@ -201,9 +246,11 @@ def _run_leased(spec, shards, facts, output, fields, lease, fresh, progress, sta
     markers = dict(plan.done)
     failed: dict[str, str] = {}
     error: str | None = None
+    measured: dict = {}
     if plan.todo:
         try:
-            _process(spec, shards, plan.todo, output, fields, record, lease, markers, failed, progress, started)
+            measured = _process(spec, shards, plan.todo, limits, output, fields, record, lease, markers, failed,
+                                display, started, verbose)
         except JobFailed as e:
             error = str(e)
     t = totals([markers[s.key] for s in shards if s.key in markers])
@@ -224,7 +271,10 @@ def _run_leased(spec, shards, facts, output, fields, lease, fresh, progress, sta
             error += f" (see {output.path}/_PROGRESS.json)"
         raise JobFailed(error)
     tokens_this_run = sum(m["tokens"] for k, m in markers.items() if k not in plan.done)
-    summary = build_summary(t, run=run_info, wall=time.time() - started, tokens_this_run=tokens_this_run)
+    if limit is not None:
+        run_info["limit"] = limit
+    summary = build_summary(t, run=run_info, wall=time.time() - started, tokens_this_run=tokens_this_run,
+                            measured=measured, limited=limit is not None)
     write_complete(output, summary)
     return summary
 
@@ -247,26 +297,71 @@ class ReadLedger:
         return dict(self.rows), dict(self.failed)
 
 
-def _read_shards(batch: dict, *, shards, columns, optional, id_column, id_type, storage, ledger):
+def _read_shards(batch: dict, *, shards, columns, optional, id_column, id_type, storage, ledger, meter, limits):
     import ray
 
     reader = ShardReader(columns, id_column, storage, optional, id_type)
     for index in batch["shard"]:
         shard = shards[int(index)]
+        cap = limits.get(shard.key)
         rows = 0
         try:
-            for table in reader.read(shard):
+            tables = reader.read(shard)
+            while cap is None or rows < cap:
+                t0 = time.perf_counter()
+                table = next(tables, None)
+                if table is None:
+                    break
+                if cap is not None and rows + table.num_rows > cap:
+                    table = table.slice(0, cap - rows)
+                meter.record.remote("read", time.time(), time.perf_counter() - t0, table.num_rows)
                 rows += table.num_rows
                 yield table
+            tables.close()
         except ShardUnreadable as e:
             ray.get(ledger.unreadable.remote(shard.index, str(e)))
         else:
             ray.get(ledger.read.remote(shard.index, rows))
 
 
-def _process(spec, shards, todo, output, fields, record, lease, markers, failed, progress, started) -> None:
+def _write_parts(batch: pa.Table, *, writer: WriteParts, meter) -> pa.Table:
+    t0 = time.perf_counter()
+    stats = writer(batch)
+    meter.record.remote("write", time.time(), time.perf_counter() - t0, _column_sum(stats, "documents"))
+    return stats
+
+
+def _metered(stage_class, stage: str, spec, meter):
+    """`stage_class` as a Ray Data actor class that reports each batch to the meter. The spec and the
+    meter are bound to the class rather than passed as constructor arguments, which Ray would keep in
+    the object store (and warn about, for actors it may restart)."""
+
+    class Metered(stage_class):
+        def __init__(self):
+            super().__init__(spec)
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            t0 = time.perf_counter()
+            out = super().__call__(batch)
+            rows = out.num_rows if stage != "postprocess" else _column_sum(out, DOCUMENTS)
+            meter.record.remote(stage, time.time(), time.perf_counter() - t0, rows, _column_sum(out, C.N_TOKENS))
+            return out
+
+    Metered.__name__ = Metered.__qualname__ = stage_class.__name__  # Ray names actors after the class
+    return Metered
+
+
+def _column_sum(table: pa.Table, name: str) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(table.column(name)).as_py() or 0) if name in table.schema.names else 0
+
+
+def _process(spec, shards, todo, limits, output, fields, record, lease, markers, failed, display, started,
+             verbose) -> dict:
     """Run the stages over the shards in `todo`; each shard's marker lands in `markers` as soon as it
-    is complete, each unreadable shard in `failed`. Raises JobFailed when the run cannot go on."""
+    is complete, each unreadable shard in `failed`. Returns what the stages measured (StageMeter).
+    Raises JobFailed when the run cannot go on."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -278,7 +373,7 @@ def _process(spec, shards, todo, output, fields, record, lease, markers, failed,
         READ_CPUS + TOKENIZE_CPUS * res.tokenizer_actors + POSTPROCESS_CPUS * res.tokenizer_actors
         + res.model_actors * res.cpus_per_actor
     )
-    local = _init_ray(spec, cpus_needed)
+    local = _init_ray(spec, cpus_needed, verbose)
     gpus_needed = res.gpus_per_actor * res.model_actors
     if gpus_needed:
         if local and gpus_needed > ray.cluster_resources().get("GPU", 0):
@@ -292,49 +387,50 @@ def _process(spec, shards, todo, output, fields, record, lease, markers, failed,
 
             request_resources(bundles=[{"GPU": res.gpus_per_actor, "CPU": res.cpus_per_actor}] * res.model_actors)
 
-    # Our own progress lines and summary replace Ray Data's bars and execution-plan logs.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Our own progress display and summary replace Ray Data's bars and execution-plan logs.
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
 
     by_index = {s.index: s for s in shards}
     ledger = ray.remote(num_cpus=0)(ReadLedger).remote()
+    meter = ray.remote(num_cpus=0)(StageMeter).remote(started_at=time.time())
     columns, optional = reader_columns(spec)
     ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         functools.partial(_read_shards, shards=by_index, columns=columns, optional=optional,
-                          id_column=spec.input.id_column, storage=spec.storage, ledger=ledger,
-                          id_type=probe_id_type(shards, spec.input.id_column, spec.storage)),
+                          id_column=spec.input.id_column, storage=spec.storage, ledger=ledger, meter=meter,
+                          limits=limits, id_type=probe_id_type(shards, spec.input.id_column, spec.storage)),
         batch_size=1, batch_format="numpy", num_cpus=READ_CPUS,
     )
     common = dict(batch_format="pyarrow", batch_size=spec.batching.rows_per_batch, zero_copy_batch=True)
-    ds = ds.map_batches(Tokenize, fn_constructor_kwargs={"spec": spec}, num_cpus=TOKENIZE_CPUS,
+    ds = ds.map_batches(_metered(Tokenize, "tokenize", spec, meter), num_cpus=TOKENIZE_CPUS,
                         compute=ActorPoolStrategy(size=res.tokenizer_actors), **common)
-    ds = ds.map_batches(Predict, fn_constructor_kwargs={"spec": spec}, num_cpus=res.cpus_per_actor,
+    ds = ds.map_batches(_metered(Predict, "predict", spec, meter), num_cpus=res.cpus_per_actor,
                         num_gpus=res.gpus_per_actor or None, compute=ActorPoolStrategy(size=res.model_actors), **common)
-    ds = ds.map_batches(Postprocess, fn_constructor_kwargs={"spec": spec}, num_cpus=POSTPROCESS_CPUS,
+    ds = ds.map_batches(_metered(Postprocess, "postprocess", spec, meter), num_cpus=POSTPROCESS_CPUS,
                         compute=ActorPoolStrategy(size=res.tokenizer_actors), **common)
-    ds = ds.map_batches(WriteParts(output, {s.index: s.key for s in todo}), batch_format="pyarrow",
-                        batch_size=None, num_cpus=READ_CPUS)
+    ds = ds.map_batches(functools.partial(_write_parts, writer=WriteParts(output, {s.index: s.key for s in todo}),
+                                          meter=meter), batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS)
 
     completion = ShardCompletion(spec, shards, todo, output, fields, record, markers, failed,
-                                 ledger=ledger, finalize=ray.remote(num_cpus=0)(finalize_shard))
-    last_report = last_record = 0.0
+                                 ledger=ledger, finalize=ray.remote(num_cpus=0)(finalize_shard), limits=limits)
+    display.start(completion.snapshot, RowTotal(todo, spec.storage, limits), started)
+    last_record = 0.0
     try:
         for stats in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            now = time.time()
             completion.add(stats)
             if lease.lost:
                 raise JobFailed(lease.lost)
             completion.step(final=False)
-            now = time.time()
-            if now - last_report > PROGRESS_SECONDS:
-                last_report = now
-                progress(completion.report(now - started))
             if now - last_record > PROGRESS_SECONDS:
                 last_record = now
                 write_progress(output.impatient(), "running", run=record, shards_total=len(shards),
                                done=list(markers), failed=failed)
+        if lease.lost:
+            raise JobFailed(lease.lost)
+        completion.finish()
     except JobFailed:
         raise
     except Exception as e:  # noqa: BLE001 - one sentence, the cause kept for --debug
@@ -346,10 +442,9 @@ def _process(spec, shards, todo, output, fields, record, lease, markers, failed,
             completion.drain()
         raise JobFailed(f"the job failed while running: {_root_cause(e)}; finished shards are kept, rerun the "
                         "same command to resume") from e
-    if lease.lost:
-        raise JobFailed(lease.lost)
-    completion.finish()
-    progress(completion.report(time.time() - started))
+    finally:
+        display.stop()
+    return ray.get(meter.snapshot.remote())
 
 
 class ShardCompletion:
@@ -358,8 +453,10 @@ class ShardCompletion:
     rows is handed to `finalize_shard` (a Ray task); its marker lands in `markers`, and a shard that
     cannot be finished gets its reason in `failed`."""
 
-    def __init__(self, spec, shards, todo, output, fields, record, markers, failed, *, ledger, finalize):
+    def __init__(self, spec, shards, todo, output, fields, record, markers, failed, *, ledger, finalize,
+                 limits=None):
         self.spec, self.output, self.fields, self.record = spec, output, fields, record
+        self.limits = limits or {}  # shard key -> rows read by a limited run
         self.markers, self.failed = markers, failed
         self.ledger, self.finalize = ledger, finalize
         self.by_index = {s.index: s for s in shards}
@@ -418,11 +515,11 @@ class ShardCompletion:
         for ref in list(self.in_flight):
             self._collect(ref, final=False)
 
-    def report(self, elapsed: float) -> str:
-        failed = f" ({len(self.failed)} failed)" if self.failed else ""
-        return (f"[{elapsed:7.1f}s] shards {len(self.markers)}/{len(self.by_index)} done{failed}, "
-                f"{sum(self.arrived.values()):,} rows this run ({self.errored:,} errors), {self.tokens:,} tokens, "
-                f"{self.tokens / max(elapsed, 1e-9):,.0f} tokens/s")
+    def snapshot(self) -> Snapshot:
+        """For the progress display (read from its thread; plain ints, so no lock)."""
+        return Snapshot(rows_done=sum(self.arrived.values()), rows_errored=self.errored, tokens=self.tokens,
+                        shards_done=len(self.markers), shards_total=len(self.by_index),
+                        shards_failed=len(self.failed))
 
     def _settled(self, index: int) -> bool:
         key = self.by_index[index].key
@@ -431,6 +528,8 @@ class ShardCompletion:
     def _submit(self, shard, rows: int):
         marker = {"shard": shard.path, "identity": shard.identity, "fingerprint": self.record["fingerprint"],
                   "spec": self.fields, "run_id": self.record["run_id"]}
+        if shard.key in self.limits:
+            marker["limit"] = self.limits[shard.key]
         return self.finalize.remote(self.output, shard.key, rows, self.spec.output.rows_per_file,
                                     {**self.file_metadata, "bert_batch.shard": shard.path}, marker,
                                     compression=self.spec.output.compression)
