@@ -24,9 +24,11 @@ from pipeline.lease import Lease
 from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
 from pipeline.meter import StageMeter
 from pipeline.output import OutputDir, StorageFailed
-from pipeline.progress import Display, RowTotal, Snapshot, count_rows
+from pipeline.progress import Display, RowTotal, Snapshot
 from pipeline.sinks import DOCUMENTS, ShardIncomplete, WriteParts, finalize_shard
-from pipeline.sources import InputError, ShardReader, ShardUnreadable, list_shards, probe_id_type, shard_columns
+from pipeline.sources import (
+    InputError, ShardReader, ShardUnreadable, count_rows, list_shards, probe_id_type, shard_columns,
+)
 from pipeline.spec import SpecError
 from pipeline.storage import protocol_of, strip_protocol
 from pipeline.summary import build_summary, error_verdict, totals, write_complete, write_progress

@@ -1,8 +1,8 @@
 """Progress on stderr while the job runs: a live bar on a terminal, plain lines otherwise.
 
-The bar shows rows done out of rows total, tokens/s and an ETA. The total comes from the input itself
-(`count_rows`: Parquet footers, JSONL line counts), counted in a background thread while the job
-starts, so a corpus of many files does not delay the first batch.
+The bar shows rows done out of rows total, tokens/s and an ETA. The total comes from the input
+itself (`pipeline.sources.count_rows`: Parquet footers, JSONL line counts), counted in a background
+thread while the job starts, so a corpus of many files does not delay the first batch.
 """
 
 from __future__ import annotations
@@ -12,24 +12,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pipeline.sources import Shard, _open, _parquet_file
+from pipeline.sources import Shard, count_rows
 
 BAR_SECONDS = 1.0  # a terminal bar redraws this often
 LINE_SECONDS = 10.0  # plain lines (a log file, a scheduler's capture) this often
-COUNT_CHUNK_BYTES = 8 << 20
-
-
-def count_rows(shard: Shard, storage=None) -> int:
-    """Rows the reader will find in a shard: the Parquet footer's count, or the JSONL lines that are
-    not blank (the reader's rows, bad lines included). Raises ShardUnreadable like the reader."""
-    with _open(shard, storage) as f:
-        if shard.format == "parquet":
-            return _parquet_file(f, shard).metadata.num_rows
-        rows, tail = 0, b""
-        while chunk := f.read(COUNT_CHUNK_BYTES):
-            *lines, tail = (tail + chunk).split(b"\n")
-            rows += sum(1 for line in lines if line.strip())
-        return rows + (1 if tail.strip() else 0)
 
 
 @dataclass

@@ -14,8 +14,9 @@ import pytest
 
 from pipeline import progress
 from pipeline.meter import STAGES, StageMeter
-from pipeline.progress import Display, RowTotal, Snapshot, count_rows, render
-from pipeline.sources import Shard, ShardUnreadable
+from pipeline import sources
+from pipeline.progress import Display, RowTotal, Snapshot, render
+from pipeline.sources import Shard, ShardUnreadable, count_rows
 
 
 def _shard(path, fmt, compression=None, index=0):
@@ -41,7 +42,7 @@ def test_count_rows_matches_what_the_reader_reads(tmp_path):
 
 
 def test_count_rows_small_chunks_split_lines_correctly(tmp_path, monkeypatch):
-    monkeypatch.setattr(progress, "COUNT_CHUNK_BYTES", 3)
+    monkeypatch.setattr(sources, "COUNT_CHUNK_BYTES", 3)
     path = tmp_path / "a.jsonl"
     path.write_text('{"a": 1}\n\n{"a": 22}\n  \n{"a": 333}')
     assert count_rows(_shard(path, "jsonl")) == 3
