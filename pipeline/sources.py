@@ -28,6 +28,7 @@ from pipeline.storage import filesystem_for, storage_cause, strip_protocol, with
 
 READ_BATCH_ROWS = 4096
 READ_CHUNK_BYTES = 1 << 20
+COUNT_CHUNK_BYTES = 8 << 20
 PROBE_THREADS = 16  # id-type probes are one small read each; on S3 their latency, not bandwidth, adds up
 
 # Reader keys of the input columns carried to the output (output.columns): CARRY_PREFIX + the column's
@@ -97,9 +98,10 @@ def list_shards(input_spec, storage=None) -> list[Shard]:
                 found = {info["name"]: info}
             root, named = root.rpartition("/")[0], True
     except (OSError, PermissionError) as e:
-        raise InputError(f"input.path: cannot list {path} ({e})") from None
-    except Exception as e:  # noqa: BLE001 - botocore errors are not OSErrors
-        raise InputError(f"input.path: cannot list {path} ({type(e).__name__}: {e})") from None
+        raise InputError(f"input.path: cannot list {path} ({storage_cause(e) or e})") from None
+    except Exception as e:  # noqa: BLE001 - botocore errors (missing credentials) are not OSErrors
+        cause = storage_cause(e) or f"{type(e).__name__}: {e}"
+        raise InputError(f"input.path: cannot list {path} ({cause})") from None
 
     files = []  # (relative name, info, stem, format, compression)
     for name in sorted(found):
@@ -256,6 +258,20 @@ def carry_key(column: str) -> str:
 
 def is_carry_key(key: str) -> bool:
     return key.startswith(CARRY_PREFIX)
+
+
+def count_rows(shard: Shard, storage=None) -> int:
+    """Rows the reader will find in a shard: the Parquet footer's count, or the JSONL lines that are
+    not blank (the reader's rows, bad lines included), without parsing them. Raises ShardUnreadable
+    like the reader."""
+    with _open(shard, storage) as f:
+        if shard.format == "parquet":
+            return _parquet_file(f, shard).metadata.num_rows
+        rows, tail = 0, b""
+        while chunk := f.read(COUNT_CHUNK_BYTES):
+            *lines, tail = (tail + chunk).split(b"\n")
+            rows += sum(1 for line in lines if line.strip())
+        return rows + (1 if tail.strip() else 0)
 
 
 def shard_columns(shard: Shard, storage=None, objects: int = 1) -> list[str]:
