@@ -7,6 +7,8 @@ initialised head, or none at all).
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -15,8 +17,9 @@ import shutil
 import uuid
 import warnings
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
-from pipeline.storage import filesystem_for, strip_protocol
+from pipeline.storage import filesystem_for, storage_cause, strip_protocol
 
 
 class ModelError(ValueError):
@@ -49,7 +52,11 @@ def _remote_listing(path: str, storage=None):
     fs = filesystem_for(path, storage)
     root = strip_protocol(path).rstrip("/")
     files, entries = {}, []
-    for key, info in sorted(fs.find(root, detail=True).items()):
+    try:
+        found = fs.find(root, detail=True)
+    except Exception as e:  # noqa: BLE001 - botocore errors (missing credentials) are not OSErrors
+        raise ModelError(f"model.path: cannot list {path} ({_cause(e)})") from None
+    for key, info in sorted(found.items()):
         # Only objects strictly under the prefix (not the prefix itself, not directory placeholders).
         if info.get("type") == "directory" or not key.startswith(root + "/") or key.endswith("/"):
             continue
@@ -85,9 +92,7 @@ def resolve_model_dir(path: str, storage=None) -> str:
         except ModuleNotFoundError:
             raise ModelError(f"model.path: no installed package {package!r} (pip install it)") from None
     if "://" not in path:
-        if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
-            raise ModelError(f"model.path: no such directory {path}")
-        return path
+        return _local_or_hub(path)
     fs, files, revision = _remote_listing(path, storage)
     if not files:
         raise ModelError(f"model.path: no files under {path}")
@@ -106,13 +111,173 @@ def resolve_model_dir(path: str, storage=None) -> str:
             fs.get(key, str(dest))
         (tmp / ".complete").touch()
         tmp.rename(target)
-    except OSError:
+    except Exception as e:  # noqa: BLE001 - botocore errors are not OSErrors
         if not done.exists():
-            raise
+            raise ModelError(f"model.path: cannot copy {path} into the model cache {CACHE_ROOT} ({_cause(e)})") from None
         # else another process on this machine renamed its copy first: use theirs.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+def _cause(e: BaseException) -> str:
+    """A failed storage call in a few words: the storage client's reason, else the error's own."""
+    return storage_cause(e) or (str(e) if isinstance(e, OSError) and str(e) else f"{type(e).__name__}: {e}")
+
+
+# -- local folders and hub names ----------------------------------------------------------------------
+
+HUB_PROBE_TIMEOUT_S = 3.0  # one HEAD request; a reachable hub answers in well under a second
+_SAVED = "give the folder a checkpoint was saved to (save_pretrained writes config.json, tokenizer.json, model.safetensors)"
+_GIVE_LOCAL = "give a local folder (./path/to/model) or an s3:// prefix"
+
+
+def _local_or_hub(path: str) -> str:
+    """A local folder is looked for first, whatever the spelling; only a name that cannot be a path,
+    and is no folder here, goes to the model hub, which is probed once (no retries) before
+    transformers would spend a minute retrying an unreachable one."""
+    local = Path(path).expanduser()
+    if local.exists():
+        _check_checkpoint_folder(path, local)
+        return str(local) if path.startswith("~") else path
+    if _looks_like_path(path):
+        where = f" ({local})" if path.startswith("~") else _relative_note(local)
+        raise ModelError(f"model.path: no folder {path}{where}; {_missing_folder_hint(path, local)}")
+    return _hub_model(path, local)
+
+
+def _looks_like_path(path: str) -> bool:
+    if path.startswith((".", "~", "/")) or path.endswith("/") or path.count("/") > 1:
+        return True
+    if "\\" in path or any(sep and sep != "/" and sep in path for sep in (os.sep, os.altsep)):
+        return True
+    parent = Path(path).parent
+    if parent != Path(".") and parent.is_dir():  # models/x where ./models is a folder here
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return True  # no hub name is spelt like that
+    return False
+
+
+def _relative_note(local: Path) -> str:
+    if local.is_absolute():
+        return ""
+    return f" (relative paths are from the directory you run in, {os.getcwd()})"
+
+
+def _missing_folder_hint(path: str, local: Path) -> str:
+    """What to do about a folder that is not there: a close name beside it, or what its nearest
+    existing parent holds."""
+    if local.name == "demo-ner" and local.parent.name == "models":
+        return "make the demo model with `python -m jobs.make_demo_model` (2-3 minutes on CPU), or fix the path"
+    parent = local.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    missing, *rest = local.relative_to(parent).parts if parent.is_dir() else (local.name,)
+    try:
+        entries = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        entries = []
+    for name in difflib.get_close_matches(missing, entries, n=1, cutoff=0.6):
+        candidate = parent / name / Path(*rest) if rest else parent / name
+        if candidate.is_dir():
+            return f"did you mean {candidate}?"
+    if parent not in (Path("."), Path(parent.anchor)) and entries:
+        more = f" and {len(entries) - 8} more" if len(entries) > 8 else ""
+        return f"{parent} holds {', '.join(entries[:8])}{more}; {_SAVED}"
+    return _SAVED
+
+
+def _check_checkpoint_folder(path: str, local: Path) -> None:
+    if not local.is_dir():
+        hint = f"did you mean {local.parent}?" if (local.parent / "config.json").is_file() else _SAVED
+        raise ModelError(f"model.path: {path} is a file, not a checkpoint folder; {hint}")
+    if (local / "config.json").is_file():
+        return
+    try:
+        inside = sorted(os.path.join(path, p.parent.name) for p in local.glob("*/config.json"))
+    except OSError:
+        inside = []
+    hint = f"did you mean {' or '.join(inside[:3])}?" if inside else _SAVED
+    raise ModelError(f"model.path: {path} is a folder but holds no config.json, so it is not a checkpoint; {hint}")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return env.upper() in {"1", "ON", "YES", "TRUE"} or bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_status(endpoint: str, repo_id: str) -> int | None:
+    """The HTTP status the hub answers for the model's config.json (the file transformers fetches
+    first), or None when it cannot be reached. One request, a short timeout, no retries."""
+    from huggingface_hub import get_session
+    from huggingface_hub.utils import build_hf_headers
+
+    try:
+        headers = build_hf_headers()
+    except Exception:  # noqa: BLE001 - a broken token file: probe without it
+        headers = {}
+    try:
+        response = get_session().head(f"{endpoint}/{repo_id}/resolve/main/config.json", headers=headers,
+                                      timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - DNS, refused, timed out, a proxy in the way, offline mode
+        return None
+    return response.status_code
+
+
+def _hub_cached(repo_id: str) -> str | None:
+    """The hub cache's snapshot folder of the model when its config.json was downloaded before."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # noqa: BLE001
+        return None
+    return os.path.dirname(found) if isinstance(found, str) else None
+
+
+def _hub_model(path: str, local: Path) -> str:
+    """A hub name: itself when the hub serves it, the hub cache's copy when the hub is off or out of
+    reach, else one sentence (never a minute of transformers' retries)."""
+    where = _relative_note(local) if "/" in path else ""
+    endpoint = _hub_endpoint()
+    host = urlsplit(endpoint).netloc or endpoint
+    cached = _hub_cached(path)
+    if _hub_offline():
+        if cached:
+            return cached
+        raise ModelError(
+            f"model.path: {path!r} is not a local folder{where} and the model hub is switched off (HF_HUB_OFFLINE) "
+            f"with no copy of it in the hub cache: {_GIVE_LOCAL}, or unset HF_HUB_OFFLINE where the hub is reachable"
+        )
+    status = _hub_status(endpoint, path)
+    if status is None:
+        if cached:
+            return cached
+        raise ModelError(
+            f"model.path: {path!r} is not a local folder{where} and the model hub ({host}) cannot be reached: "
+            f"{_GIVE_LOCAL}, or run where the hub is reachable"
+        )
+    if status in (401, 403, 404) and not cached:
+        raise ModelError(
+            f"model.path: {path!r} is not a local folder{where} and the model hub ({host}) serves no model by that "
+            f"name to you (it answered {status}): check the name, set HF_TOKEN for a private or gated model, or "
+            f"{_GIVE_LOCAL[5:]}"
+        )
+    return path
 
 
 def model_identity(path: str, storage=None) -> dict:
@@ -123,7 +288,7 @@ def model_identity(path: str, storage=None) -> dict:
     gigabytes of weights."""
     if "://" in path and not path.startswith("pkg://"):
         return {"path": path, "revision": _remote_listing(path, storage)[2]}
-    local = Path(resolve_model_dir(path)).expanduser()
+    local = Path(resolve_model_dir(path) if path.startswith("pkg://") else path).expanduser()
     if not local.is_dir():  # a hub name: only the hub knows which revision it serves
         return {"path": path, "revision": None}
     entries = []

@@ -295,30 +295,221 @@ class SpecError(ValueError):
 
 
 def _dotted(loc: tuple) -> str:
-    # Drop the discriminator tag pydantic inserts for tagged unions (e.g. head.token-classification.x).
-    parts = [str(p) for p in loc if p not in _HEAD_TAGS]
-    return ".".join(parts) or "(spec)"
+    """A pydantic error location as the spec's dotted key: head.top_k, output.columns[0]. The
+    discriminator tag pydantic inserts for the head union (head.token-classification.x) is dropped."""
+    loc = tuple(loc)
+    if len(loc) > 1 and loc[0] == "head" and loc[1] in _HEAD_TAGS:
+        loc = loc[:1] + loc[2:]
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
+    return out or "(spec)"
 
 
 _HEAD_TAGS = {"token-classification", "embedding", "sequence-classification", "fill-mask", "question-answering"}
 
 
+def _head_classes() -> dict[str, type[BaseModel]]:
+    """model.head's names (in the spec's order) -> the class of their `head.*` options."""
+    import typing
+
+    classes = typing.get_args(typing.get_args(HeadSpec)[0])
+    return {cls.model_fields["kind"].default: cls for cls in classes}
+
+
+def _options(cls: type[BaseModel]) -> list[str]:
+    return [name for name in cls.model_fields if name != "kind"]
+
+
+def _show(value: Any) -> str:
+    """A value as the spec's YAML would spell it, briefly."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _close(word: Any, choices: list[str]) -> str | None:
+    """The choice `word` most likely misspells: difflib's closest, else the one choice containing it
+    (or contained in it)."""
+    import difflib
+
+    if not isinstance(word, str) or not word:
+        return None
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if found:
+        return found[0]
+    low = word.lower().replace("-", "_")
+    within = [c for c in choices if len(low) >= 3 and (low in c.lower().replace("-", "_") or c.lower() in low)]
+    return within[0] if len(within) == 1 else None
+
+
+# transformers' pipeline task names (and common words) for the heads they are.
+_HEAD_ALIASES = {
+    "ner": "token-classification", "token_classification": "token-classification", "pos": "token-classification",
+    "feature-extraction": "embedding", "embeddings": "embedding", "sentence-similarity": "embedding",
+    "text-classification": "sequence-classification", "sentiment-analysis": "sequence-classification",
+    "classification": "sequence-classification", "masked-lm": "fill-mask", "mlm": "fill-mask",
+    "qa": "question-answering",
+}
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    """The model of the section at `loc` (as pydantic gives it; () is the whole spec), or None when
+    `loc` is not a section."""
+    cls: type[BaseModel] = JobSpec
+    loc = tuple(loc)
+    if len(loc) >= 2 and loc[0] == "head" and loc[1] in _HEAD_TAGS:
+        cls, loc = _head_classes()[loc[1]], loc[2:]
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def _section_fields(loc: tuple) -> list[str] | None:
+    cls = _section_model(loc)
+    return _options(cls) if cls is not None else None
+
+
+def _elsewhere(key: str, section: str) -> list[str]:
+    """The dotted keys named `key` in other sections (head options with their head)."""
+    places = []
+    for name, field in JobSpec.model_fields.items():
+        ann = field.annotation
+        if name != section and isinstance(ann, type) and issubclass(ann, BaseModel) and key in ann.model_fields:
+            places.append(f"{name}.{key}")
+    if section != "head":
+        heads = [head for head, cls in _head_classes().items() if key in _options(cls)]
+        if heads:
+            places.append(f"head.{key} (an option of {', '.join(heads)})")
+    return places
+
+
+def _unknown_key(loc: tuple, dotted: str) -> str:
+    key = loc[-1]
+    if len(loc) == 3 and loc[0] == "head" and loc[1] in _HEAD_TAGS:
+        head, heads = loc[1], _head_classes()
+        takes = f"{head} takes {', '.join(_options(heads[head])) or 'no options'}"
+        owners = [name for name, cls in heads.items() if name != head and key in _options(cls)]
+        if owners:
+            whose = f"the {owners[0]} head" if len(owners) == 1 else f"the {', '.join(owners[:-1])} and {owners[-1]} heads"
+            return f"{dotted}: an option of {whose}, not of {head} ({takes}); remove it or change model.head"
+        match = _close(key, _options(heads[head]))
+        return f"{dotted}: unknown key; " + (f"did you mean head.{match}? ({takes})" if match else f"{takes}")
+    fields = _section_fields(loc[:-1]) or []
+    section = ".".join(str(p) for p in loc[:-1])
+    match = _close(key, fields)
+    if match:
+        return f"{dotted}: unknown key; did you mean {section + '.' if section else ''}{match}?"
+    other = _elsewhere(str(key), section) if section else []
+    if other:
+        return f"{dotted}: unknown key here; did you mean {' or '.join(other)}?"
+    where = f"{section} takes" if section else "the spec's sections are"
+    return f"{dotted}: unknown key; {where} {', '.join(fields)} (see the spec reference in README.md)"
+
+
+def _missing(loc: tuple, dotted: str) -> str:
+    cls = _section_model(loc)
+    if cls is not None:  # a whole section
+        required = [n for n, f in cls.model_fields.items() if f.is_required()]
+        keys = f" with {', '.join(f'{dotted}.{n}' for n in required)}" if required else ""
+        return f"{dotted}: required key is missing; add the {dotted} section{keys}"
+    parent = _section_model(loc[:-1])
+    field = parent.model_fields.get(loc[-1]) if parent is not None else None
+    what = (field.description or "").split(". ")[0].rstrip(".") if field is not None else ""
+    if loc == ("model", "head"):
+        what = "one of " + ", ".join(_head_classes())
+    return f"{dotted}: required key is missing; add it" + (f" ({what})" if what else "")
+
+
+def _not_a_choice(loc: tuple, dotted: str, value: Any, expected: str) -> str:
+    import re
+
+    choices = re.findall(r"'([^']*)'", expected)
+    noun = "a head" if loc == ("model", "head") else "a choice"
+    if value is None:
+        return f"{dotted}: has no value; choose one of {', '.join(choices)}"
+    match = _close(value, choices)
+    if loc == ("model", "head") and isinstance(value, str):
+        match = _HEAD_ALIASES.get(value.lower().replace("_", "-"), _HEAD_ALIASES.get(value.lower(), match))
+    hint = f" (did you mean {match}?)" if match else ""
+    return f"{dotted}: {_show(value)} is not {noun}; choose one of {', '.join(choices)}{hint}"
+
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "too small", "use at least"),
+    "greater_than": ("gt", "too small", "use more than"),
+    "less_than_equal": ("le", "too large", "use at most"),
+    "less_than": ("lt", "too large", "use less than"),
+}
+
+_KINDS = {  # pydantic error type -> (what the value is not, what to give)
+    "int_parsing": ("a whole number", "give an integer"),
+    "int_type": ("a whole number", "give an integer"),
+    "int_from_float": ("a whole number", "give an integer"),
+    "float_parsing": ("a number", "give a number"),
+    "float_type": ("a number", "give a number"),
+    "bool_parsing": ("true or false", "give true or false"),
+    "bool_type": ("true or false", "give true or false"),
+    "list_type": ("a list", "give a list, e.g. [a, b]"),
+}
+
+
+def _one_error(e: dict, head_name_bad: bool) -> str | None:
+    kind, loc, value = e["type"], tuple(e["loc"]), e.get("input")
+    dotted, ctx, msg = _dotted(loc), e.get("ctx") or {}, e["msg"]
+    if msg.startswith("Value error, "):
+        return msg[len("Value error, ") :]  # our validators' messages start with the field path
+    if loc == ("head",) and kind in ("union_tag_invalid", "union_tag_not_found"):
+        # The head's options are checked against model.head, whose own error says it all.
+        return None if head_name_bad else "head: options given but no model.head; set model.head"
+    if kind == "extra_forbidden":
+        return _unknown_key(loc, dotted)
+    if kind == "missing":
+        return _missing(loc, dotted)
+    if kind == "literal_error":
+        return _not_a_choice(loc, dotted, value, ctx.get("expected", ""))
+    if kind in _BOUNDS:
+        name, wrong, do = _BOUNDS[kind]
+        return f"{dotted}: {_show(value)} is {wrong}; {do} {ctx.get(name)}"
+    if kind in _KINDS:
+        wrong, do = _KINDS[kind]
+        return f"{dotted}: {_show(value)} is not {wrong}; {do}"
+    if kind == "string_type":
+        if value is None:
+            return _missing(loc, dotted).replace("required key is missing", "has no value", 1)
+        if isinstance(value, (int, float, bool)):
+            return f"{dotted}: {_show(value)} is not text; quote it in the YAML ('{_show(value)}')"
+        return f"{dotted}: {_show(value)} is not text; give a string"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        fields = _section_fields(loc)
+        keys = f" ({', '.join(fields)})" if fields else " (the options of model.head's head: see the spec reference)"
+        return f"{dotted}: {_show(value)} is not a section; write its keys{keys} indented under {dotted}:"
+    text = msg[len("Input should be ") :] if msg.startswith("Input should be ") else msg[:1].lower() + msg[1:]
+    return f"{dotted}: {_show(value)} is not valid; it must be {text}" if msg.startswith("Input should be ") \
+        else f"{dotted}: {text}"
+
+
 def format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = _dotted(tuple(e["loc"]))
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the spec reference in README.md)"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-            # Messages from our validators already start with the field path.
-            lines.append(msg)
-            continue
-        lines.append(f"{loc}: {msg}")
-    return "; ".join(lines)
+    """pydantic's errors as sentences `field: what is wrong; what to do`, the spec's own words (dotted
+    keys, YAML values), one per problem."""
+    errors = err.errors()
+    head_name_bad = any(tuple(e["loc"]) == ("model", "head") for e in errors)
+    messages: list[str] = []
+    for e in errors:
+        msg = _one_error(e, head_name_bad)
+        if msg and msg not in messages:
+            messages.append(msg)
+    out = ""
+    for msg in messages:
+        out += ("" if not out else " " if out.endswith(("?", ".", ":")) else ". ") + msg
+    return out
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -65,12 +65,18 @@ _THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLi
 _CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 
 
+_SET_CREDENTIALS = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run where an instance role provides them"
+)
+
+
 def storage_cause(exc: BaseException) -> str | None:
     """A short sentence fragment for a failed storage call, for one-line job errors. s3fs turns botocore
     errors into OSErrors and botocore wraps aiohttp's, so the telling exception can sit anywhere in the
     chain: the first botocore one wins. None when no storage client error is in the chain."""
-    from botocore.exceptions import ClientError, ConnectTimeoutError, HTTPClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, ConnectTimeoutError, CredentialRetrievalError, HTTPClientError
     from botocore.exceptions import ConnectionError as EndpointError
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError, ProfileNotFound
 
     chain = []
     while exc is not None and exc not in chain:
@@ -80,7 +86,13 @@ def storage_cause(exc: BaseException) -> str | None:
         if isinstance(e, ClientError):
             return _describe_client_error(e)
         if isinstance(e, NoCredentialsError):
-            return "no AWS credentials found"
+            return f"no AWS credentials found; {_SET_CREDENTIALS}"
+        if isinstance(e, PartialCredentialsError):
+            return f"incomplete AWS credentials ({e}); {_SET_CREDENTIALS}"
+        if isinstance(e, ProfileNotFound):
+            return f"{e}; set AWS_PROFILE to a profile in ~/.aws/config, or unset it"
+        if isinstance(e, CredentialRetrievalError):
+            return f"cannot get AWS credentials ({e}); {_SET_CREDENTIALS}"
         if isinstance(e, (EndpointError, HTTPClientError)):
             url = urlsplit(e.kwargs.get("endpoint_url") or "")
             endpoint = f"S3 endpoint {url.scheme}://{url.netloc}" if url.netloc else "S3 endpoint"

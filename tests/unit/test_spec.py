@@ -165,7 +165,9 @@ def test_unknown_keys_are_rejected_with_their_dotted_path(data, dotted):
 def test_an_option_of_another_head_is_rejected(head, option):
     (key,) = option
     msg = error_of(spec_with(model={"head": head}, head=option))
-    assert f"head.{key}: unknown key" in msg, msg
+    # Which head takes the option, and what this head takes instead.
+    assert f"head.{key}: an option of the " in msg and f"not of {head} ({head} takes " in msg, msg
+    assert msg.endswith("; remove it or change model.head"), msg
 
 
 def test_head_kind_is_not_a_spec_key():
@@ -329,7 +331,7 @@ def test_overrides_are_validated_like_the_file(tmp_path):
     assert spec.resources.model_actors == 3 and spec.output.granularity == "token"
     with pytest.raises(SpecError, match=r"model\.hed: unknown key"):
         load_spec(path, ["model.hed=embedding"])
-    with pytest.raises(SpecError, match=r"head\.pooling: unknown key"):
+    with pytest.raises(SpecError, match=r"head\.pooling: an option of the embedding head, not of token-classification"):
         load_spec(path, ["head.pooling=cls"])  # token-classification has no pooling
 
 
