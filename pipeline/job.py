@@ -197,6 +197,7 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
             limit = None  # the limit holds the whole input: a full run
         shards = chosen
     output = OutputDir(spec.output.path, spec.storage)
+    _check_writable(output)  # one sentence naming output.path, before any work
     fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
     try:
         lease = Lease(output).acquire()
