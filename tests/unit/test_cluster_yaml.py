@@ -65,6 +65,9 @@ def test_passes_ray_up_config_checks(config):
         pytest.param(lambda c: c["available_node_types"]["cpu.worker"].update(min_worker=1), id="misspelt-node-key"),
         pytest.param(lambda c: c["auth"].update(ssh_usr="ubuntu"), id="misspelt-auth-key"),
         pytest.param(lambda c: c.update(setup_commands="pip install ."), id="commands-not-a-list"),
+        pytest.param(lambda c: c["docker"].update(imag="x"), id="misspelt-docker-key"),
+        pytest.param(lambda c: c["docker"].update(run_options="--ulimit nofile=65536:65536"),
+                     id="docker-run-options-not-a-list"),
     ],
 )
 def test_schema_rejects_broken_copies(config, schema, mutate):
@@ -141,3 +144,13 @@ def test_gpu_job_fits_the_cluster(config):
     assert res.gpus_per_actor <= per_node["GPU"] and res.cpus_per_actor <= per_node["CPU"]
     actors_per_node = min(per_node["GPU"] // res.gpus_per_actor, per_node["CPU"] // res.cpus_per_actor)
     assert res.model_actors <= gpu_type["max_workers"] * actors_per_node
+
+
+def test_nodes_run_the_projects_image(config):
+    # The image the Dockerfile builds (its "# image:" line), the one deploy/kuberay/ runs too.
+    (image,) = re.findall(r"^# image: (\S+)$", (REPO_ROOT / "Dockerfile").read_text(), re.M)
+    docker = config["docker"]
+    assert docker["image"] == image
+    assert not {"head_image", "worker_image"} & set(docker), "one image for every node"
+    # Its tag carries the Ray it was built on: the Ray pinned in setup_commands and installed here.
+    assert f"-ray{ray.__version__}-" in image
