@@ -89,8 +89,9 @@ def _quiet(verbose: bool) -> None:
 
 
 # Ray's C++ components log in glog's format ("[2026-12-01 10:01:50,111 E 13232 13232] core_worker.cc:...");
-# the same lines are in Ray's log files, so a quiet run leaves them out of stderr.
-_RAY_NATIVE_LOG = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] ")
+# the same lines are in Ray's log files, so a quiet run leaves them out of stderr, all but F (fatal:
+# the process is about to abort, and the line says why).
+_RAY_NATIVE_LOG = re.compile(rb"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWE] \d+ \d+\] ")
 
 
 @contextlib.contextmanager

@@ -32,23 +32,31 @@ class Snapshot:
 
 class RowTotal:
     """Rows in the shards of this run, counted in a background thread; a shard that cannot be
-    counted (it fails later, alone) counts as unknown."""
+    counted (it fails later, alone, with its reason) counts as none. Storage is asked with few
+    retries, and `stop` ends the count between shards, so the thread never outlives the run."""
 
     def __init__(self, shards: list[Shard], storage=None, limits: dict[str, int] | None = None):
         self.known = 0
         self.unknown = len(shards)
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._count, args=(shards, storage, limits or {}), daemon=True,
                                         name="count-rows")
         self._thread.start()
 
     def _count(self, shards, storage, limits) -> None:
         for shard in shards:
+            if self._stopped.is_set():
+                return
             try:
-                n = limits[shard.key] if shard.key in limits else count_rows(shard, storage)
+                n = limits[shard.key] if shard.key in limits else count_rows(shard, storage, patient=False)
             except Exception:  # noqa: BLE001 - the reader reports an unreadable shard, with its reason
                 n = 0
             self.known += n
             self.unknown -= 1
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopped.set()
+        self._thread.join(timeout)
 
     @property
     def exact(self) -> bool:
@@ -83,6 +91,7 @@ class Display:
     def stop(self) -> None:
         if self._thread is None:
             return
+        self._total.stop()
         self._stop.set()
         self._thread.join()
         self._thread = None

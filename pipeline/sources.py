@@ -184,8 +184,8 @@ def _unreadable(shard: Shard, what: str, e: BaseException) -> ShardUnreadable:
 
 
 @contextmanager
-def _open(shard: Shard, storage):
-    fs = filesystem_for(shard.path, storage)
+def _open(shard: Shard, storage, patient: bool = True):
+    fs = filesystem_for(shard.path, storage, patient=patient)
     try:
         f = fs.open(strip_protocol(shard.path), "rb", compression=shard.compression)
     except Exception as e:  # noqa: BLE001 - permission, missing file, any S3 error
@@ -260,11 +260,11 @@ def is_carry_key(key: str) -> bool:
     return key.startswith(CARRY_PREFIX)
 
 
-def count_rows(shard: Shard, storage=None) -> int:
+def count_rows(shard: Shard, storage=None, patient: bool = True) -> int:
     """Rows the reader will find in a shard: the Parquet footer's count, or the JSONL lines that are
     not blank (the reader's rows, bad lines included), without parsing them. Raises ShardUnreadable
-    like the reader."""
-    with _open(shard, storage) as f:
+    like the reader. `patient=False`: few S3 retries (for a progress count, which may give up)."""
+    with _open(shard, storage, patient) as f:
         if shard.format == "parquet":
             return _parquet_file(f, shard).metadata.num_rows
         rows, tail = 0, b""

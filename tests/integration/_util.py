@@ -74,3 +74,10 @@ def check_counts(out: dict, expect_read: int, expect_written: int, expect_errore
     # Every input row is accounted for exactly once: as output (its id) or as an error row.
     result_ids = {r["id"] for r in rows(out["results"])}
     assert len(result_ids) == s["rows_written"]
+
+
+def explain(stderr: str) -> str:
+    """What a failed CLI run printed: from a crash's "Fatal Python error" (with the threads' stacks
+    that follow it) when there is one, else the end."""
+    crash = stderr.find("Fatal Python error")
+    return stderr[crash : crash + 6000] if crash >= 0 else stderr[-3000:]

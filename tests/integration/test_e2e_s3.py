@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration._util import SMALL_RESOURCES, check_counts, read_outputs, rows, write_spec
+from tests.integration._util import explain, SMALL_RESOURCES, check_counts, read_outputs, rows, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def test_s3_round_trip_through_the_cli(tmp_path, s3_endpoint, s3fs_client, tiny_
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     cmd = [sys.executable, "-m", "pipeline", "run", str(spec_path), "--set", f"storage.endpoint_url={s3_endpoint}"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, explain(proc.stderr)
     printed = json.loads(proc.stdout)
 
     out = read_outputs("s3://results/ner/", fs)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration._util import write_jsonl, write_spec
+from tests.integration._util import explain, write_jsonl, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +148,7 @@ def test_driver_killed_mid_run_then_the_same_command_resumes(corpus, tmp_path, r
     rerun = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec_path)], cwd=REPO_ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
     resumed_seconds = time.time() - started
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.returncode == 0, explain(rerun.stderr)
     summary = json.loads(rerun.stdout)
     assert summary["shards_resumed"] >= len(done) and summary["shards_resumed"] + summary["shards_run"] == SHARDS
     # Shards finished before the kill were not recomputed: their marker and files are untouched.

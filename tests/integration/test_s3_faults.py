@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration._util import SMALL_RESOURCES, write_spec
+from tests.integration._util import explain, SMALL_RESOURCES, write_spec
 from tests.s3faults import faulty_s3  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
@@ -190,7 +190,7 @@ def test_s3_that_throttles_and_resets_connections_loses_nothing(
     faults = dict(faulty_s3.faults)
     print(f"throttling S3: {faulty_s3.requests} requests through the proxy, faults injected {faults}, "
           f"run {seconds:.1f} s, exit {proc.returncode}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, explain(proc.stderr)
     summary = _check_complete(fs, out, proc.stdout, reference, n_rows)
     assert summary["shards"] == SMALL_SHARDS and summary["shards_run"] == SMALL_SHARDS
     assert faults.get("slowdown", 0) > 0 and faults.get("reset", 0) > 0
@@ -259,7 +259,7 @@ def test_s3_endpoint_down_mid_run_stops_with_one_sentence_and_the_rerun_resumes(
     rerun = subprocess.run(_cmd(spec_path), cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                            check=False, timeout=240)
     print(f"rerun with the endpoint back: exit {rerun.returncode} after {time.time() - started:.1f} s")
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.returncode == 0, explain(rerun.stderr)
     summary = _check_complete(fs, out, rerun.stdout, reference, n_rows)
     print(f"shards resumed {summary['shards_resumed']}, run {summary['shards_run']}")
     assert summary["shards_resumed"] >= len(done_before)
@@ -284,7 +284,7 @@ def test_a_shard_s3_never_serves_fails_alone_and_the_rerun_completes(
     spec_path = write_spec(tmp_path / "job.yaml", _spec(c["small"], c["model"], out, faulty_s3.url, rows_per_batch=16))
     first = subprocess.run(_cmd(spec_path), cwd=REPO_ROOT, env=_env(ray_session), capture_output=True, text=True,
                            timeout=300)
-    assert first.returncode == 1, first.stderr[-3000:]
+    assert first.returncode == 1, explain(first.stderr)
     last = [line for line in first.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: 1 of 6 shard(s) did not finish (part-01.parquet: cannot be read (S3 answered 503 "
                            "SlowDown after retries))"), last
@@ -295,6 +295,6 @@ def test_a_shard_s3_never_serves_fails_alone_and_the_rerun_completes(
     faulty_s3.slowdown_share, faulty_s3.match = 0.0, None
     rerun = subprocess.run(_cmd(spec_path), cwd=REPO_ROOT, env=_env(ray_session), capture_output=True, text=True,
                            timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.returncode == 0, explain(rerun.stderr)
     summary = _check_complete(fs, out, rerun.stdout, small_reference, SMALL_SHARDS * SMALL_DOCS)
     assert (summary["shards_resumed"], summary["shards_run"]) == (SMALL_SHARDS - 1, 1)

@@ -61,11 +61,18 @@ def test_row_total_counts_in_the_background_and_skips_unreadable(tmp_path):
     limited = RowTotal([_shard(good, "jsonl")], limits={"a": 1})
     limited._thread.join(timeout=10)
     assert limited.known == 1
+    stopped = RowTotal([_shard(good, "jsonl", index=i) for i in range(1000)])
+    stopped.stop()  # between shards: the thread ends long before counting 1,000 shards
+    assert not stopped._thread.is_alive() and stopped.unknown > 0
 
 
 class _Total:
     def __init__(self, known, exact=True):
         self.known, self.exact = known, exact
+        self.stopped = False
+
+    def stop(self):
+        self.stopped = True
 
 
 def test_render_shows_rows_of_total_rate_and_eta():
@@ -122,8 +129,10 @@ def test_display_with_a_callback_only_passes_messages():
     display = Display(message=got.append)
     display.start(lambda: Snapshot(), _Total(1), time.time())
     display.message("resumed 3 shards")
+    total = display._total
     display.stop()
     assert got == ["resumed 3 shards"]
+    assert total.stopped  # the count in the background ends with the run
 
 
 def test_meter_totals_rates_and_buckets():
