@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pipeline.sources import Shard, count_rows
 
 BAR_SECONDS = 1.0  # a terminal bar redraws this often
-LINE_SECONDS = 10.0  # plain lines (a log file, a scheduler's capture) this often
+# Plain lines (a log file, a scheduler's capture): at most this often, when the counts changed, and
+# at least every HEARTBEAT_SECONDS while they do not (start-up, a long shard being finalised).
+LINE_SECONDS = 2.0
+HEARTBEAT_SECONDS = 30.0
 
 
 @dataclass
@@ -64,8 +67,9 @@ class RowTotal:
 
 
 class Display:
-    """Shows `state()` on `stream` every BAR_SECONDS (a terminal) or LINE_SECONDS (anything else) from
-    a background thread, between `start` and `stop`."""
+    """Shows `state()` on `stream` from a background thread, between `start` and `stop`: a bar
+    redrawn every BAR_SECONDS on a terminal, otherwise a line every LINE_SECONDS when the counts
+    changed (and every HEARTBEAT_SECONDS when they did not)."""
 
     def __init__(self, stream=None, message=None):
         self.stream = stream or sys.stderr
@@ -74,6 +78,8 @@ class Display:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._drawn = False
+        self._last_state: Snapshot | None = None
+        self._last_line_at = 0.0
 
     def message(self, text: str) -> None:
         """A line of its own (above the bar on a terminal)."""
@@ -113,7 +119,12 @@ class Display:
     def _draw(self, final: bool) -> None:
         if self._message is not None:  # a caller's own messages only (tests, embedding programs)
             return
-        line = render(self._state(), self._total, time.time() - self._started)
+        state = self._state()
+        now = time.time()
+        if not (self.tty or final or state != self._last_state or now - self._last_line_at >= HEARTBEAT_SECONDS):
+            return
+        self._last_state, self._last_line_at = Snapshot(**vars(state)), now
+        line = render(state, self._total, now - self._started)
         if self.tty:
             self.stream.write("\r\x1b[2K" + line)
             self.stream.flush()

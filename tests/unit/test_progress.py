@@ -162,3 +162,19 @@ def test_meter_widens_buckets_instead_of_growing_without_end():
     assert timeline["bucket_seconds"] == 4.0
     assert timeline["rows"]["write"] == [4, 4, 4, 4, 4]
     assert sum(timeline["rows"]["write"]) == meter.snapshot()["stages"]["write"]["rows"] == 20
+
+
+def test_plain_lines_only_when_the_counts_change_or_as_a_heartbeat(monkeypatch):
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.01)
+    monkeypatch.setattr(progress, "HEARTBEAT_SECONDS", 3600)
+    state = Snapshot(shards_total=2)
+    stream = io.StringIO()
+    display = Display(stream)
+    display.start(lambda: state, _Total(10), time.time())
+    time.sleep(0.3)  # about 30 ticks with nothing new: one line
+    assert len(stream.getvalue().splitlines()) == 1
+    state.rows_done = 5
+    time.sleep(0.3)
+    display.stop()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" ", 1)[1][:9] for line in lines] == ["0/10 rows", "5/10 rows", "5/10 rows"]  # + the final line
