@@ -18,6 +18,9 @@ from pipeline.stages import load_head
 
 log = logging.getLogger(__name__)
 
+# The token budget never shrinks below this after out-of-memory errors (one long window still runs alone).
+MIN_TOKEN_BUDGET = 64
+
 
 def pick_device(spec) -> str:
     return "cuda" if torch.cuda.is_available() and spec.resources.gpus_per_actor > 0 else "cpu"
@@ -108,10 +111,14 @@ class Predict:
         except torch.OutOfMemoryError:
             if len(group) == 1:
                 raise
-            # Halve and retry (crossfit does the same): the budget was too generous for this device.
+            # Halve and retry (crossfit does the same): the budget was too generous for this device,
+            # so it stays below this micro-batch's padded size for the rest of the run.
             torch.cuda.empty_cache()
+            padded = len(group) * int(lengths[group].max())
+            self.max_tokens = min(self.max_tokens, max(MIN_TOKEN_BUDGET, padded // 2))
             half = len(group) // 2
-            log.warning("CUDA out of memory on %d windows; retrying in halves", len(group))
+            log.warning("out of memory on %d windows (%d padded tokens); retrying in halves, token budget now %d",
+                        len(group), padded, self.max_tokens)
             self._run_group(group[:half], windows, types, lengths, results)
             self._run_group(group[half:], windows, types, lengths, results)
             return
