@@ -158,12 +158,7 @@ def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     if ray.is_initialized():
         return _is_local()
-    address = spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # A node where `ray start` ran (a cluster head) records its address; `ray stop` clears it.
-        from ray._private.utils import read_ray_address
-
-        address = read_ray_address()
+    address = _cluster_address(spec)
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
         return False
@@ -171,6 +166,31 @@ def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
     cpus = max(os.cpu_count() or 1, int(cpus_needed + 1.5))
     ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False, log_to_driver=verbose)
     return True
+
+
+def _with_model_cpus(spec):
+    """The spec with resources.cpus_per_actor filled in: every core when this job will start its own
+    local Ray and run on CPU (a laptop: the model is the heavy stage, and one torch thread would leave
+    the other cores idle), else 1 (a cluster's nodes, or a Ray someone else sized)."""
+    import ray
+
+    res = spec.resources
+    if res.cpus_per_actor is not None:
+        return spec
+    starts_local_ray = not (ray.is_initialized() or _cluster_address(spec))
+    cpus = float(os.cpu_count() or 1) if starts_local_ray and not res.gpus_per_actor else 1.0
+    return spec.model_copy(update={"resources": res.model_copy(update={"cpus_per_actor": cpus})})
+
+
+def _cluster_address(spec) -> str | None:
+    """The Ray cluster to attach to: the spec's, RAY_ADDRESS, or the one `ray start` ran on this node."""
+    address = spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # A node where `ray start` ran (a cluster head) records its address; `ray stop` clears it.
+        from ray._private.utils import read_ray_address
+
+        address = read_ray_address()
+    return address
 
 
 def _is_local() -> bool:
@@ -371,6 +391,7 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     from pipeline.predict import Predict
     from pipeline.stages import Postprocess, Tokenize
 
+    spec = _with_model_cpus(spec)
     res = spec.resources
     cpus_needed = (
         READ_CPUS + TOKENIZE_CPUS * res.tokenizer_actors + POSTPROCESS_CPUS * res.tokenizer_actors

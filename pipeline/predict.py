@@ -5,6 +5,7 @@ device; Ray-free, so a GPU benchmark calls it directly."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -46,7 +47,8 @@ class Predict:
         self.dtype = pick_dtype(spec, self.device)
         if self.device == "cpu":
             # Ray gives an actor one torch thread by default; use the CPUs the actor was granted.
-            torch.set_num_threads(max(1, int(spec.resources.cpus_per_actor)))
+            # In-process (no cpus_per_actor): every core.
+            torch.set_num_threads(max(1, int(spec.resources.cpus_per_actor or os.cpu_count() or 1)))
         model_dir = self.head.ctx.extra.get("model_dir", spec.model.path)
         self.model = model or load_model(model_dir, self.head, spec.model, device=self.device, dtype=self.dtype)
         self.max_tokens = spec.batching.max_tokens

@@ -202,7 +202,12 @@ class StorageSpec(_Strict):
 class ResourcesSpec(_Strict):
     model_actors: int = Field(1, ge=1, description="Model actors in the pool.")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per model actor; 0 runs on CPU.")
-    cpus_per_actor: float = Field(1, gt=0, description="CPUs per model actor (torch threads on CPU).")
+    cpus_per_actor: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs per model actor (torch threads on CPU). Default: every core of this machine when the job "
+        "starts its own local Ray and runs on CPU (a laptop: the model is the heavy stage), else 1.",
+    )
     tokenizer_actors: int = Field(1, ge=1, description="CPU actors that tokenize (and postprocess).")
     ray_address: str | None = Field(
         None, description="Ray cluster address; default: the cluster this process runs in, else a local one."

@@ -76,7 +76,8 @@ def test_laptop_spec_is_the_demo_ner_job():
     assert spec.input.path == "jobs/data/sample.jsonl"
     assert spec.output.path == "out/laptop"
     assert isinstance(spec.head, TokenClassificationHead) and spec.head.aggregation_strategy == "simple"
-    assert (spec.resources.model_actors, spec.resources.cpus_per_actor, spec.resources.gpus_per_actor) == (1, 2, 0)
+    # No cpus_per_actor: a laptop gives the model actor every core (pipeline.job._with_model_cpus).
+    assert (spec.resources.model_actors, spec.resources.cpus_per_actor, spec.resources.gpus_per_actor) == (1, None, 0)
     assert spec.model.max_length == 128
 
 
