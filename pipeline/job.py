@@ -298,6 +298,8 @@ def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh
         run_info["limit"] = limit
     summary = build_summary(t, run=run_info, wall=time.time() - started, tokens_this_run=tokens_this_run,
                             measured=measured, limited=limit is not None)
+    if limit is not None and not plan.todo:
+        return summary  # a dry run over rows already done: the output's own records stay as they are
     write_complete(output, summary)
     return summary
 

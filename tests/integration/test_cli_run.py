@@ -76,3 +76,10 @@ def test_limit_runs_the_first_rows_and_a_full_run_completes_them(tmp_path, tiny_
     results = concat(read_outputs(str(out))["results"])
     assert sorted(results.column("id").to_pylist()) == [s * 100 + i for s in range(3) for i in range(30)]
     assert results.num_rows == full["rows_read"] == 90
+
+    # A dry run over rows already done does nothing and leaves the complete output's records alone.
+    before = (out / SUMMARY).read_text()
+    again = run(load_spec(spec), progress=lambda m: None, limit=45)
+    # Its summary counts the shards that hold the first 45 rows, which are done whole: 2 x 30.
+    assert again["status"] == "limited" and again["shards_run"] == 0 and again["rows_read"] == 60
+    assert (out / SUMMARY).read_text() == before and (out / SUCCESS).exists()
