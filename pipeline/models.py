@@ -173,7 +173,7 @@ def _missing_folder_hint(path: str, local: Path) -> str:
     """What to do about a folder that is not there: a close name beside it, or what its nearest
     existing parent holds."""
     if local.name == "demo-ner" and local.parent.name == "models":
-        return "make the demo model with `python -m jobs.make_demo_model` (2-3 minutes on CPU), or fix the path"
+        return "make the demo model with `python -m tools.make_demo_model` (2-3 minutes on CPU), or fix the path"
     parent = local.parent
     while not parent.is_dir() and parent != parent.parent:
         parent = parent.parent

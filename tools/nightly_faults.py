@@ -31,7 +31,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from jobs.corpus import documents  # noqa: E402
+from tools.corpus import documents  # noqa: E402
 
 
 def _cli(spec: Path) -> subprocess.Popen:

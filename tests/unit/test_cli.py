@@ -185,9 +185,9 @@ def test_nightly_job_without_dates_is_refused(capsys, s3_endpoint):
 
 
 def test_laptop_job_validates_on_a_freshly_made_demo_model(tmp_path, capsys):
-    # The README's road: jobs.make_demo_model saves a token-classification checkpoint that the laptop
+    # The README's road: tools.make_demo_model saves a token-classification checkpoint that the laptop
     # spec accepts (a few training steps here; the real run trains for minutes).
-    from jobs.make_demo_model import main as make_demo_model
+    from tools.make_demo_model import main as make_demo_model
 
     model = tmp_path / "demo-ner"
     assert make_demo_model(["--out", str(model), "--steps", "3", "--eval-sentences", "20"]) == 0

@@ -205,7 +205,7 @@ def test_a_missing_relative_path_says_from_where(workdir):
     assert model_error("jobs/modles/demo-ner") == (f"model.path: no folder jobs/modles/demo-ner {here}; did you mean "
                                                    "jobs/models/demo-ner?")
     shutil.rmtree(workdir / "jobs" / "models" / "demo-ner")
-    assert model_error("jobs/models/demo-ner").endswith("; make the demo model with `python -m jobs.make_demo_model` "
+    assert model_error("jobs/models/demo-ner").endswith("; make the demo model with `python -m tools.make_demo_model` "
                                                         "(2-3 minutes on CPU), or fix the path")
 
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, pipeline
 
-from jobs.long_doc_agreement import overlap_spans, touches
+from tools.long_doc_agreement import overlap_spans, touches
 from pipeline.local import LocalRunner
 from pipeline.spec import spec_from_dict
 from pipeline.windows import encode_windows

