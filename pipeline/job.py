@@ -29,7 +29,7 @@ from pipeline.sinks import DOCUMENTS, ShardIncomplete, WriteParts, finalize_shar
 from pipeline.sources import (
     InputError, ShardReader, ShardUnreadable, count_rows, list_shards, probe_id_type, shard_columns,
 )
-from pipeline.spec import SpecError
+from pipeline.spec import SpecError, pool_bounds
 from pipeline.storage import protocol_of, strip_protocol
 from pipeline.summary import build_summary, error_verdict, totals, write_complete, write_progress
 
@@ -376,6 +376,14 @@ def _metered(stage_class, stage: str, spec, meter):
     return Metered
 
 
+def _pool(count):
+    """Ray Data's actor pool for a pool size: fixed, or autoscaling between min and max."""
+    from ray.data import ActorPoolStrategy
+
+    low, high = pool_bounds(count)
+    return ActorPoolStrategy(size=low) if low == high else ActorPoolStrategy(min_size=low, max_size=high)
+
+
 def _column_sum(table: pa.Table, name: str) -> int:
     import pyarrow.compute as pc
 
@@ -388,30 +396,33 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     is complete, each unreadable shard in `failed`. Returns what the stages measured (StageMeter).
     Raises JobFailed when the run cannot go on."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     from pipeline.predict import Predict
     from pipeline.stages import Postprocess, Tokenize
 
     spec = _with_model_cpus(spec)
     res = spec.resources
+    model_min, model_max = pool_bounds(res.model_actors)
     cpus_needed = (
-        READ_CPUS + TOKENIZE_CPUS * res.tokenizer_actors + POSTPROCESS_CPUS * res.tokenizer_actors
-        + res.model_actors * res.cpus_per_actor
+        READ_CPUS + TOKENIZE_CPUS * pool_bounds(res.tokenize_actors)[1]
+        + POSTPROCESS_CPUS * pool_bounds(res.postprocess_actors)[1] + model_max * res.cpus_per_actor
     )
     local = _init_ray(spec, cpus_needed, verbose)
-    gpus_needed = res.gpus_per_actor * res.model_actors
-    if gpus_needed:
-        if local and gpus_needed > ray.cluster_resources().get("GPU", 0):
+    if res.gpus_per_actor:
+        have = ray.cluster_resources().get("GPU", 0)
+        if local and res.gpus_per_actor * model_min > have:
             raise SpecError(
-                f"resources.gpus_per_actor: {res.model_actors} actor(s) x {res.gpus_per_actor} GPU need "
-                f"{gpus_needed:g} GPUs, this machine has {ray.cluster_resources().get('GPU', 0):g}"
+                f"resources.gpus_per_actor: {model_min} actor(s) x {res.gpus_per_actor} GPU need "
+                f"{res.gpus_per_actor * model_min:g} GPUs, this machine has {have:g}"
             )
         if not local:
-            # GPU workers may be scaled to zero: ask the autoscaler for them; the actor pool waits.
+            # GPU workers may be scaled to zero: ask the autoscaler for the pool's first actors; the
+            # pool waits for them (and an autoscaling pool asks for more as work queues up).
             from ray.autoscaler.sdk import request_resources
 
-            request_resources(bundles=[{"GPU": res.gpus_per_actor, "CPU": res.cpus_per_actor}] * res.model_actors)
+            bundle = {"GPU": res.gpus_per_actor, "CPU": res.cpus_per_actor, **res.model_resources}
+            request_resources(bundles=[bundle] * model_min)
 
     # Our own progress display and summary replace Ray Data's bars and execution-plan logs.
     ctx = DataContext.get_current()
@@ -427,17 +438,20 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
         functools.partial(_read_shards, shards=by_index, columns=columns, optional=optional,
                           id_column=spec.input.id_column, storage=spec.storage, ledger=ledger, meter=meter,
                           limits=limits, id_type=probe_id_type(shards, spec.input.id_column, spec.storage)),
-        batch_size=1, batch_format="numpy", num_cpus=READ_CPUS,
+        batch_size=1, batch_format="numpy", num_cpus=READ_CPUS, resources=res.cpu_stage_resources or None,
     )
     common = dict(batch_format="pyarrow", batch_size=spec.batching.rows_per_batch, zero_copy_batch=True)
-    ds = ds.map_batches(_metered(Tokenize, "tokenize", spec, meter), num_cpus=TOKENIZE_CPUS,
-                        compute=ActorPoolStrategy(size=res.tokenizer_actors), **common)
+    cpu_resources = res.cpu_stage_resources or None
+    ds = ds.map_batches(_metered(Tokenize, "tokenize", spec, meter), num_cpus=TOKENIZE_CPUS, resources=cpu_resources,
+                        compute=_pool(res.tokenize_actors), **common)
     ds = ds.map_batches(_metered(Predict, "predict", spec, meter), num_cpus=res.cpus_per_actor,
-                        num_gpus=res.gpus_per_actor or None, compute=ActorPoolStrategy(size=res.model_actors), **common)
+                        num_gpus=res.gpus_per_actor or None, resources=res.model_resources or None,
+                        compute=_pool(res.model_actors), **common)
     ds = ds.map_batches(_metered(Postprocess, "postprocess", spec, meter), num_cpus=POSTPROCESS_CPUS,
-                        compute=ActorPoolStrategy(size=res.tokenizer_actors), **common)
+                        resources=cpu_resources, compute=_pool(res.postprocess_actors), **common)
     ds = ds.map_batches(functools.partial(_write_parts, writer=WriteParts(output, {s.index: s.key for s in todo}),
-                                          meter=meter), batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS)
+                                          meter=meter), batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS,
+                        resources=res.cpu_stage_resources or None)
 
     completion = ShardCompletion(spec, shards, todo, output, fields, record, markers, failed,
                                  ledger=ledger, finalize=ray.remote(num_cpus=0)(finalize_shard), limits=limits)

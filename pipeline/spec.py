@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -199,8 +199,36 @@ class StorageSpec(_Strict):
     region: str | None = Field(None, description="S3 region, when the store needs one.")
 
 
+class ActorRange(_Strict):
+    min: int = Field(ge=1, description="Actors the pool starts with and never goes below.")
+    max: int = Field(ge=1, description="Actors the pool may grow to while work queues up.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ActorRange":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max}); give min <= max")
+        return self
+
+
+# A pool's size: a fixed count, or {min, max} for Ray Data's autoscaling actor pool. The tag picks the
+# member by the value's shape, so a mistake gets that member's error only (tags start with "_" and are
+# dropped from error locations).
+ActorCount = Annotated[
+    Union[Annotated[int, Field(ge=1), Tag("_count")], Annotated[ActorRange, Tag("_range")]],
+    Discriminator(lambda v: "_range" if isinstance(v, (dict, ActorRange)) else "_count"),
+]
+
+_POOL = ("A count, or `{min: 1, max: 8}` for an autoscaling pool that grows while work queues up (on a cluster, "
+         "the autoscaler adds nodes for it) and shrinks when idle.")
+
+
+def pool_bounds(count: "int | ActorRange") -> tuple[int, int]:
+    """(min, max) actors of a pool size."""
+    return (count, count) if isinstance(count, int) else (count.min, count.max)
+
+
 class ResourcesSpec(_Strict):
-    model_actors: int = Field(1, ge=1, description="Model actors in the pool.")
+    model_actors: ActorCount = Field(1, description=f"Model actors in the pool. {_POOL}")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per model actor; 0 runs on CPU.")
     cpus_per_actor: float | None = Field(
         None,
@@ -208,10 +236,31 @@ class ResourcesSpec(_Strict):
         description="CPUs per model actor (torch threads on CPU). Default: every core of this machine when the job "
         "starts its own local Ray and runs on CPU (a laptop: the model is the heavy stage), else 1.",
     )
-    tokenizer_actors: int = Field(1, ge=1, description="CPU actors that tokenize (and postprocess).")
+    model_resources: dict[str, float] = Field(
+        {},
+        description="Custom Ray resources each model actor needs (e.g. `{accelerator_node: 1}`): the actors go only "
+        "to nodes started with them (`ray start --resources`, a KubeRay group's `rayStartParams.resources`).",
+    )
+    tokenize_actors: ActorCount = Field(1, description=f"CPU actors that tokenize. {_POOL}")
+    postprocess_actors: ActorCount = Field(
+        1, description=f"CPU actors that turn model outputs into output rows. {_POOL}"
+    )
+    cpu_stage_resources: dict[str, float] = Field(
+        {},
+        description="Custom Ray resources each read, tokenize, postprocess and write task or actor needs (e.g. "
+        "`{cpu_node: 0.01}`): keeps the CPU stages off the nodes that lack them, such as GPU nodes.",
+    )
     ray_address: str | None = Field(
         None, description="Ray cluster address; default: the cluster this process runs in, else a local one."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tokenizer_actors" in data:
+            raise ValueError("resources.tokenizer_actors: renamed; set resources.tokenize_actors and "
+                             "resources.postprocess_actors (each its own pool)")
+        return data
 
 
 class BatchingSpec(_Strict):
@@ -305,12 +354,14 @@ def _dotted(loc: tuple) -> str:
     loc = tuple(loc)
     if len(loc) > 1 and loc[0] == "head" and loc[1] in _HEAD_TAGS:
         loc = loc[:1] + loc[2:]
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
     return out or "(spec)"
 
 
+_UNION_TAGS = {"_count", "_range"}  # ActorCount's members
 _HEAD_TAGS = {"token-classification", "embedding", "sequence-classification", "fill-mask", "question-answering"}
 
 
@@ -371,6 +422,8 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         field = cls.model_fields.get(part) if isinstance(part, str) else None
         ann = field.annotation if field is not None else None
+        if ann is not None and ann == ResourcesSpec.model_fields["model_actors"].annotation:
+            ann = ActorRange  # a pool size, given as {min, max}
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
         cls = ann
@@ -467,7 +520,8 @@ _KINDS = {  # pydantic error type -> (what the value is not, what to give)
 
 
 def _one_error(e: dict, head_name_bad: bool) -> str | None:
-    kind, loc, value = e["type"], tuple(e["loc"]), e.get("input")
+    kind, value = e["type"], e.get("input")
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     dotted, ctx, msg = _dotted(loc), e.get("ctx") or {}, e["msg"]
     if msg.startswith("Value error, "):
         return msg[len("Value error, ") :]  # our validators' messages start with the field path

@@ -82,7 +82,7 @@ def bench_job(model_dir: str, random_head: bool, corpus: Path, out: Path, max_le
             "model": {"path": model_dir, "head": "token-classification", "max_length": max_length,
                       "allow_random_head": random_head},
             "output": {"path": str(out)},
-            "resources": {"model_actors": 1, "cpus_per_actor": os.cpu_count() or 1, "tokenizer_actors": 1},
+            "resources": {"model_actors": 1, "cpus_per_actor": os.cpu_count() or 1, "tokenize_actors": 1, "postprocess_actors": 1},
             "batching": {"max_tokens": max_tokens, "rows_per_batch": 512},
         }
     )

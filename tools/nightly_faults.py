@@ -46,7 +46,7 @@ def _spec(work: Path, model: str, out: Path) -> Path:
         "input": {"path": str(work / "in")},
         "model": {"path": model, "head": "token-classification", "max_length": 128},
         "output": {"path": str(out)},
-        "resources": {"model_actors": 1, "cpus_per_actor": 1, "tokenizer_actors": 1},
+        "resources": {"model_actors": 1, "cpus_per_actor": 1, "tokenize_actors": 1, "postprocess_actors": 1},
     }))
     return path
 

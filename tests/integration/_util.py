@@ -12,7 +12,7 @@ import yaml
 
 # Fractional CPUs so that the three actor pools (1.5 CPUs) and a read / write task fit in the session's
 # two logical CPUs; torch in the model actor runs one thread.
-SMALL_RESOURCES = {"model_actors": 1, "cpus_per_actor": 0.5, "tokenizer_actors": 1}
+SMALL_RESOURCES = {"model_actors": 1, "cpus_per_actor": 0.5, "tokenize_actors": 1, "postprocess_actors": 1}
 
 
 def write_jsonl(path: Path, lines: list) -> Path:

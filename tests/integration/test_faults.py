@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARDS, DOCS = 10, 3000  # ~10 s of work after ~20 s of start-up: room to kill in the middle
-RESOURCES = {"model_actors": 1, "cpus_per_actor": 0.5, "tokenizer_actors": 1}
+RESOURCES = {"model_actors": 1, "cpus_per_actor": 0.5, "tokenize_actors": 1, "postprocess_actors": 1}
 
 
 def _texts(shard: int) -> list[dict]:

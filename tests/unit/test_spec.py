@@ -4,6 +4,7 @@ what is wrong; `--set` overrides parse as YAML scalars and create sections."""
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from pipeline.spec import (  # noqa: E402
     apply_overrides,
     load_spec,
     parse_override,
+    pool_bounds,
     spec_from_dict,
     spec_reference,
 )
@@ -85,7 +87,7 @@ def test_ner_extraction_spec_runs_on_gpus_from_s3():
     spec = load_spec(REPO_ROOT / "jobs" / "ner_extraction.yaml")
     assert spec.input.path.startswith("s3://") and spec.output.path.startswith("s3://")
     assert spec.model.path.startswith("s3://")
-    assert spec.resources.gpus_per_actor == 1 and spec.resources.model_actors == 4
+    assert spec.resources.gpus_per_actor == 1 and pool_bounds(spec.resources.model_actors) == (1, 4)
     assert spec.batching.max_tokens == 16384
 
 
@@ -352,3 +354,25 @@ def test_spec_reference_lists_every_key():
                 "head.doc_stride", "head.targets", "head.function_to_apply"):
         assert f"`{key}`" in ref, key
     assert "`head.kind`" not in ref
+
+
+def test_pool_sizes_are_a_count_or_a_range():
+    spec = spec_from_dict(spec_with(resources={"model_actors": {"min": 1, "max": 3}, "tokenize_actors": 2}))
+    assert pool_bounds(spec.resources.model_actors) == (1, 3)
+    assert pool_bounds(spec.resources.tokenize_actors) == (2, 2)
+    assert pool_bounds(spec.resources.postprocess_actors) == (1, 1)  # its own pool, not the tokenizers'
+
+
+@pytest.mark.parametrize(
+    "resources, message",
+    [
+        ({"model_actors": {"min": 3, "max": 2}}, "min (3) is larger than max (2)"),
+        ({"tokenize_actors": {"min": 0, "max": 2}}, "resources.tokenize_actors.min: 0 is too small"),
+        ({"tokenizer_actors": 2}, "resources.tokenizer_actors: renamed; set resources.tokenize_actors and "
+                                  "resources.postprocess_actors"),
+        ({"model_resources": {"accelerator_node": "one"}}, "resources.model_resources.accelerator_node"),
+    ],
+)
+def test_pool_and_placement_mistakes_name_the_key(resources, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        spec_from_dict(spec_with(resources=resources))
