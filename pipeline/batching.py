@@ -37,15 +37,33 @@ def plan_micro_batches(lengths: np.ndarray, max_tokens: int, max_padding: float 
     return groups
 
 
-def pad_batch(sequences: list[np.ndarray], pad_value: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad to the longest sequence: (ids [b, L], attention mask [b, L])."""
-    longest = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), longest), pad_value, dtype=np.int64)
-    mask = np.zeros((len(sequences), longest), dtype=np.int64)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
+def pad_batch(sequences: list[np.ndarray], pad_value: int, ids_out: np.ndarray | None = None,
+              mask_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to the longest sequence: (ids [b, L], attention mask [b, L]).
+
+    With `ids_out` / `mask_out` (flat int64 buffers of at least b * L values) the result is written
+    into their first b * L values and returned as [b, L] views of them: the model stage reuses
+    the same (on CUDA page-locked) host buffers for every micro-batch instead of allocating new ones.
+    """
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    shape = (len(sequences), int(lengths.max()))
+    ids = _array(ids_out, shape)
+    mask = _array(mask_out, shape)
+    real = np.arange(shape[1]) < lengths[:, None]
+    ids.fill(pad_value)
+    # A boolean mask assigns in row-major order: each row's real positions take its own tokens.
+    ids[real] = np.concatenate(sequences)
+    np.copyto(mask, real, casting="unsafe")
     return ids, mask
+
+
+def _array(out: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    size = shape[0] * shape[1]
+    if out is None:
+        return np.empty(shape, dtype=np.int64)
+    if out.size < size:
+        raise ValueError(f"buffer of {out.size} values cannot hold a {shape[0]} x {shape[1]} micro-batch")
+    return out[:size].reshape(shape)
 
 
 def padded_slots(groups: list[np.ndarray], lengths: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +55,7 @@ class Predict:
         self.max_tokens = spec.batching.max_tokens
         self.pad_id = self.head.tokenizer.pad_token_id if self.head.tokenizer.pad_token_id is not None else 0
         self.uses_token_types = "token_type_ids" in getattr(self.head.tokenizer, "model_input_names", [])
+        self.feeder = MicroBatchFeeder(self.device, self.pad_id, self.uses_token_types, capacity=self.max_tokens)
         self.busy_seconds = 0.0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -78,8 +80,8 @@ class Predict:
         results: dict[str, list] = {name: [None] * len(windows) for name in self.head.forward_outputs}
         groups = plan_micro_batches(lengths, self.max_tokens) if len(windows) else []
         started = time.perf_counter()
-        for group in groups:
-            self._run_group(group, windows, types, lengths, results)
+        for group, inputs in self.feeder.feed(groups, windows, types):
+            self._run_group(group, inputs, windows, types, lengths, results)
         self.busy_seconds += time.perf_counter() - started
         pads = padded_slots(groups, lengths) if len(windows) else np.zeros(0, dtype=np.int64)
 
@@ -97,36 +99,151 @@ class Predict:
             )
         return batch.append_column(pa.field(C.PADDED_SLOTS, pa.int64()), pa.array(per_doc_pad, type=pa.int64()))
 
-    def _run_group(self, group, windows, types, lengths, results) -> None:
-        ids, mask = pad_batch([windows[i] for i in group], self.pad_id)
-        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-        if self.uses_token_types:
-            tt = np.zeros_like(ids)
-            for row, i in enumerate(group):
-                if types[i] is not None:
-                    tt[row, : len(types[i])] = types[i]
-            inputs["token_type_ids"] = torch.from_numpy(tt)
-        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+    def _run_group(self, group, inputs, windows, types, lengths, results) -> None:
         try:
-            with torch.inference_mode(), _autocast(self.device, self.dtype):
+            with torch.inference_mode():
                 out = self.head.forward(self.model, inputs, lengths[group])
         except torch.OutOfMemoryError:
             if len(group) == 1:
                 raise
+            out = None
+        if out is None:
             # Halve and retry (crossfit does the same): the budget was too generous for this device,
-            # so it stays below this micro-batch's padded size for the rest of the run.
+            # so it stays below this micro-batch's padded size for the rest of the run. The halves are
+            # staged outside the feeder, whose buffers hold the micro-batch prefetched next.
+            del inputs
             torch.cuda.empty_cache()
             padded = len(group) * int(lengths[group].max())
             self.max_tokens = min(self.max_tokens, max(MIN_TOKEN_BUDGET, padded // 2))
             half = len(group) // 2
             log.warning("out of memory on %d windows (%d padded tokens); retrying in halves, token budget now %d",
                         len(group), padded, self.max_tokens)
-            self._run_group(group[:half], windows, types, lengths, results)
-            self._run_group(group[half:], windows, types, lengths, results)
+            for part in (group[:half], group[half:]):
+                self._run_group(part, self.feeder.inputs_now(part, windows, types), windows, types, lengths, results)
             return
         for name, arrays in out.items():
             for row, i in enumerate(group):
                 results[name][i] = arrays[row]
+
+
+def pins_host_memory(device) -> bool:
+    """Whether micro-batches are staged in page-locked host memory and copied on a side stream by a
+    background thread. Only CUDA gains from it: a non-blocking copy from pageable memory is a
+    synchronous one, and page-locked memory needs a CUDA driver. On CPU the model reads the host
+    buffers themselves, so there is nothing to copy or overlap."""
+    return torch.device(device).type == "cuda"
+
+
+class _HostBuffers:
+    """One set of reusable flat int64 host buffers (ids, mask, token types), grown when a micro-batch
+    needs more: allocating page-locked memory costs far more than padding into it."""
+
+    def __init__(self, pinned: bool, capacity: int):
+        self.pinned = pinned
+        self.capacity = capacity
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.copied = None  # CUDA event: the last copy out of these buffers has finished reading them
+
+    def take(self, size: int) -> dict[str, torch.Tensor]:
+        if not self.tensors or self.tensors["input_ids"].numel() < size:
+            # Sized for the token budget, so only a window longer than the budget grows them.
+            self.capacity = max(self.capacity, size)
+            self.tensors = {k: torch.empty(self.capacity, dtype=torch.int64, pin_memory=self.pinned)
+                            for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return self.tensors
+
+
+class MicroBatchFeeder:
+    """Pads each micro-batch into reused host buffers and hands it over on the device, the next one
+    prepared while the current one runs.
+
+    On CUDA (see `pins_host_memory`) a background thread pads the next micro-batch into page-locked
+    buffers and copies it with a non-blocking copy on its own stream while the model thread waits on
+    the device for the current one; two buffer sets alternate, so a set is rewritten only after its
+    copy has finished. On CPU the same steps run in the calling thread, in the same order."""
+
+    def __init__(self, device, pad_id: int, uses_token_types: bool, capacity: int = 0, background: bool | None = None):
+        self.device = torch.device(device)
+        pinned = pins_host_memory(self.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # The background thread has its own current device; name the one this stage runs on.
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.pad_id = pad_id
+        self.uses_token_types = uses_token_types
+        self.buffers = [_HostBuffers(pinned, capacity), _HostBuffers(pinned, capacity)]
+        self.stream = torch.cuda.Stream(self.device) if pinned else None
+        # `background` defaults to the pinned path; tests force it on CPU to check the threaded order.
+        background = pinned if background is None else background
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if background else None
+        self._turn = 0
+
+    def feed(self, groups, windows, types):
+        """(group, inputs on the device) for each group in order; group k + 1 is staged before group k
+        is handed over, so on CUDA it is padded and copied while group k runs."""
+        if not groups:
+            return
+        pending = self._submit(groups[0], windows, types)
+        try:
+            for k, group in enumerate(groups):
+                staged = pending.result()
+                pending = self._submit(groups[k + 1], windows, types) if k + 1 < len(groups) else None
+                yield group, self._on_compute_stream(*staged)
+        finally:
+            if pending is not None:  # the consumer stopped early: let the staging finish before reuse
+                pending.result()
+
+    def inputs_now(self, group, windows, types) -> dict[str, torch.Tensor]:
+        """One micro-batch in fresh host memory, copied synchronously: the out-of-memory retry path."""
+        host = self._pad(group, windows, types, None)
+        return {k: v.to(self.device) for k, v in host.items()}
+
+    def _submit(self, group, windows, types) -> Future:
+        buffers = self.buffers[self._turn]
+        self._turn ^= 1
+        if self.pool is not None:
+            return self.pool.submit(self._stage, group, windows, types, buffers)
+        done = Future()
+        done.set_result(self._stage(group, windows, types, buffers))
+        return done
+
+    def _stage(self, group, windows, types, buffers: _HostBuffers):
+        if buffers.copied is not None:
+            buffers.copied.synchronize()  # the copy two micro-batches ago may still be reading them
+        host = self._pad(group, windows, types, buffers)
+        if self.stream is None:
+            return {k: v.to(self.device) for k, v in host.items()}, None
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
+            buffers.copied = torch.cuda.Event()
+            buffers.copied.record(self.stream)
+        return inputs, buffers.copied
+
+    def _on_compute_stream(self, inputs, copied) -> dict[str, torch.Tensor]:
+        if copied is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(copied)
+            for t in inputs.values():
+                # Allocated on the copy stream, used on the compute stream: keep the allocator from
+                # handing the memory out again before the compute stream is done with it.
+                t.record_stream(compute)
+        return inputs
+
+    def _pad(self, group, windows, types, buffers: _HostBuffers | None) -> dict[str, torch.Tensor]:
+        """The micro-batch as [b, L] tensors: views of `buffers` (fresh memory when None)."""
+        seqs = [windows[i] for i in group]
+        shape = (len(group), max(len(s) for s in seqs))
+        size = shape[0] * shape[1]
+        names = ("input_ids", "attention_mask") + (("token_type_ids",) if self.uses_token_types else ())
+        flat = buffers.take(size) if buffers is not None else {k: torch.empty(size, dtype=torch.int64) for k in names}
+        pad_batch(seqs, self.pad_id, flat["input_ids"].numpy(), flat["attention_mask"].numpy())
+        inputs = {k: flat[k][:size].view(shape) for k in names}
+        if self.uses_token_types:
+            tt = inputs["token_type_ids"].numpy()
+            tt.fill(0)
+            for row, i in enumerate(group):
+                if types[i] is not None:
+                    tt[row, : len(types[i])] = types[i]
+        return inputs
 
 
 def _split(lists: pa.ListArray) -> list[np.ndarray]:
@@ -134,20 +251,6 @@ def _split(lists: pa.ListArray) -> list[np.ndarray]:
     offsets = lists.offsets.to_numpy()
     values = lists.values.to_numpy(zero_copy_only=False)
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(lists))]
-
-
-def _autocast(device: str, dtype: torch.dtype):
-    if device == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        return torch.autocast("cuda", dtype=dtype)
-    return _null()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _nested(per_doc: list, value_type: pa.DataType) -> pa.Array:
