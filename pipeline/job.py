@@ -18,16 +18,16 @@ import time
 
 import pyarrow as pa
 
-from pipeline import columns as C
+from pipeline.compose import Stage, column_sum, compose, model_stages
 from pipeline.heads import head_class
 from pipeline.lease import Lease
 from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
 from pipeline.meter import StageMeter
 from pipeline.output import OutputDir, StorageFailed
 from pipeline.progress import Display, RowTotal, Snapshot
-from pipeline.sinks import DOCUMENTS, ShardIncomplete, WriteParts, finalize_shard
+from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import (
-    InputError, ShardReader, ShardUnreadable, count_rows, list_shards, probe_id_type, shard_columns,
+    InputError, ShardReader, ShardUnreadable, count_rows, list_shards, probe_id_type, reader_columns, shard_columns,
 )
 from pipeline.spec import SpecError, pool_bounds
 from pipeline.storage import protocol_of, strip_protocol
@@ -35,29 +35,14 @@ from pipeline.summary import build_summary, error_verdict, totals, write_complet
 
 log = logging.getLogger(__name__)
 
-# CPU reservations for the light stages; the model actors take resources.cpus_per_actor.
+# CPU reservation of the reader and writer tasks (the other stages': pipeline/apply.py).
 READ_CPUS = 0.25
-TOKENIZE_CPUS = 0.5
-POSTPROCESS_CPUS = 0.5
 PROGRESS_SECONDS = 5.0
 FINALIZE_IN_FLIGHT = 2  # shards being turned into final files at once
 
 
 class JobFailed(RuntimeError):
     pass
-
-
-def reader_columns(spec) -> tuple[dict[str, str], tuple[str, ...]]:
-    cls = head_class(spec.model.head)
-    cols = {key: getattr(spec.input, attr) for key, attr in cls.input_columns.items()}
-    optional = ()
-    if spec.input.text_pair_column:
-        cols[C.TEXT_PAIR] = spec.input.text_pair_column
-        optional = (C.TEXT_PAIR,)
-    from pipeline.sources import carry_key
-
-    cols |= {carry_key(name): name for name in spec.output.columns}  # read as they are, never as text
-    return cols, optional
 
 
 def validate(spec, check_writable: bool = True) -> dict:
@@ -352,42 +337,27 @@ def _read_shards(batch: dict, *, shards, columns, optional, id_column, id_type, 
 def _write_parts(batch: pa.Table, *, writer: WriteParts, meter) -> pa.Table:
     t0 = time.perf_counter()
     stats = writer(batch)
-    meter.record.remote("write", time.time(), time.perf_counter() - t0, _column_sum(stats, "documents"))
+    meter.record.remote("write", time.time(), time.perf_counter() - t0, column_sum(stats, "documents"))
     return stats
 
 
-def _metered(stage_class, stage: str, spec, meter):
-    """`stage_class` as a Ray Data actor class that reports each batch to the meter. The spec and the
-    meter are bound to the class rather than passed as constructor arguments, which Ray would keep in
-    the object store (and warn about, for actors it may restart)."""
+def _ask_for_gpus(res, local: bool) -> None:
+    """A local Ray must have the GPUs the model pool starts with; a cluster's autoscaler is asked for
+    them (GPU workers may be scaled to zero), and the pool waits. An autoscaling pool asks for more
+    itself as work queues up."""
+    import ray
 
-    class Metered(stage_class):
-        def __init__(self):
-            super().__init__(spec)
+    first = pool_bounds(res.model_actors)[0]
+    if local:
+        have = ray.cluster_resources().get("GPU", 0)
+        if res.gpus_per_actor * first > have:
+            raise SpecError(f"resources.gpus_per_actor: {first} actor(s) x {res.gpus_per_actor} GPU need "
+                            f"{res.gpus_per_actor * first:g} GPUs, this machine has {have:g}")
+        return
+    from ray.autoscaler.sdk import request_resources
 
-        def __call__(self, batch: pa.Table) -> pa.Table:
-            t0 = time.perf_counter()
-            out = super().__call__(batch)
-            rows = out.num_rows if stage != "postprocess" else _column_sum(out, DOCUMENTS)
-            meter.record.remote(stage, time.time(), time.perf_counter() - t0, rows, _column_sum(out, C.N_TOKENS))
-            return out
-
-    Metered.__name__ = Metered.__qualname__ = stage_class.__name__  # Ray names actors after the class
-    return Metered
-
-
-def _pool(count):
-    """Ray Data's actor pool for a pool size: fixed, or autoscaling between min and max."""
-    from ray.data import ActorPoolStrategy
-
-    low, high = pool_bounds(count)
-    return ActorPoolStrategy(size=low) if low == high else ActorPoolStrategy(min_size=low, max_size=high)
-
-
-def _column_sum(table: pa.Table, name: str) -> int:
-    import pyarrow.compute as pc
-
-    return int(pc.sum(table.column(name)).as_py() or 0) if name in table.schema.names else 0
+    bundle = {"GPU": res.gpus_per_actor, "CPU": res.cpus_per_actor, **res.model_resources}
+    request_resources(bundles=[bundle] * first)
 
 
 def _process(spec, shards, todo, limits, output, fields, record, lease, markers, failed, display, started,
@@ -398,60 +368,34 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     import ray
     from ray.data import DataContext
 
-    from pipeline.predict import Predict
-    from pipeline.stages import Postprocess, Tokenize
-
     spec = _with_model_cpus(spec)
     res = spec.resources
-    model_min, model_max = pool_bounds(res.model_actors)
-    cpus_needed = (
-        READ_CPUS + TOKENIZE_CPUS * pool_bounds(res.tokenize_actors)[1]
-        + POSTPROCESS_CPUS * pool_bounds(res.postprocess_actors)[1] + model_max * res.cpus_per_actor
-    )
+    stages = model_stages(spec)
+    cpus_needed = READ_CPUS + sum(s.num_cpus * pool_bounds(s.actors)[1] for s in stages)
     local = _init_ray(spec, cpus_needed, verbose)
     if res.gpus_per_actor:
-        have = ray.cluster_resources().get("GPU", 0)
-        if local and res.gpus_per_actor * model_min > have:
-            raise SpecError(
-                f"resources.gpus_per_actor: {model_min} actor(s) x {res.gpus_per_actor} GPU need "
-                f"{res.gpus_per_actor * model_min:g} GPUs, this machine has {have:g}"
-            )
-        if not local:
-            # GPU workers may be scaled to zero: ask the autoscaler for the pool's first actors; the
-            # pool waits for them (and an autoscaling pool asks for more as work queues up).
-            from ray.autoscaler.sdk import request_resources
-
-            bundle = {"GPU": res.gpus_per_actor, "CPU": res.cpus_per_actor, **res.model_resources}
-            request_resources(bundles=[bundle] * model_min)
+        _ask_for_gpus(res, local)
 
     # Our own progress display and summary replace Ray Data's bars and execution-plan logs.
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
 
-    by_index = {s.index: s for s in shards}
     ledger = ray.remote(num_cpus=0)(ReadLedger).remote()
     meter = ray.remote(num_cpus=0)(StageMeter).remote(started_at=time.time())
     columns, optional = reader_columns(spec)
+    read = functools.partial(_read_shards, shards={s.index: s for s in shards}, columns=columns, optional=optional,
+                             id_column=spec.input.id_column, storage=spec.storage, ledger=ledger, meter=meter,
+                             limits=limits, id_type=probe_id_type(shards, spec.input.id_column, spec.storage))
+    write = functools.partial(_write_parts, writer=WriteParts(output, {s.index: s.key for s in todo}), meter=meter)
+    cpu_nodes = res.cpu_stage_resources
+    # One loop over the stage descriptions: read -> the head's stages (as pipeline.apply) -> write.
     ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(
-        functools.partial(_read_shards, shards=by_index, columns=columns, optional=optional,
-                          id_column=spec.input.id_column, storage=spec.storage, ledger=ledger, meter=meter,
-                          limits=limits, id_type=probe_id_type(shards, spec.input.id_column, spec.storage)),
-        batch_size=1, batch_format="numpy", num_cpus=READ_CPUS, resources=res.cpu_stage_resources or None,
-    )
-    common = dict(batch_format="pyarrow", batch_size=spec.batching.rows_per_batch, zero_copy_batch=True)
-    cpu_resources = res.cpu_stage_resources or None
-    ds = ds.map_batches(_metered(Tokenize, "tokenize", spec, meter), num_cpus=TOKENIZE_CPUS, resources=cpu_resources,
-                        compute=_pool(res.tokenize_actors), **common)
-    ds = ds.map_batches(_metered(Predict, "predict", spec, meter), num_cpus=res.cpus_per_actor,
-                        num_gpus=res.gpus_per_actor or None, resources=res.model_resources or None,
-                        compute=_pool(res.model_actors), **common)
-    ds = ds.map_batches(_metered(Postprocess, "postprocess", spec, meter), num_cpus=POSTPROCESS_CPUS,
-                        resources=cpu_resources, compute=_pool(res.postprocess_actors), **common)
-    ds = ds.map_batches(functools.partial(_write_parts, writer=WriteParts(output, {s.index: s.key for s in todo}),
-                                          meter=meter), batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS,
-                        resources=res.cpu_stage_resources or None)
+    ds = compose(ds, [
+        Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy"),
+        *stages,
+        Stage("write", write, READ_CPUS, resources=cpu_nodes),
+    ], spec, meter)
 
     completion = ShardCompletion(spec, shards, todo, output, fields, record, markers, failed,
                                  ledger=ledger, finalize=ray.remote(num_cpus=0)(finalize_shard), limits=limits)

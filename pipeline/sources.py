@@ -496,3 +496,18 @@ def probe_id_type(shards: list[Shard], id_column: str, storage=None) -> pa.DataT
     if votes and all(pa.types.is_integer(t) for t in votes):
         return votes.pop() if len(votes) == 1 else pa.int64()
     return pa.string()
+
+
+def reader_columns(spec) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Internal column name -> the user's column, for the spec's head (plus output.columns as carry
+    keys), and the internal names that may be missing (a text pair)."""
+    from pipeline.heads import head_class
+
+    cls = head_class(spec.model.head)
+    cols = {key: getattr(spec.input, attr) for key, attr in cls.input_columns.items()}
+    optional = ()
+    if spec.input.text_pair_column:
+        cols[C.TEXT_PAIR] = spec.input.text_pair_column
+        optional = (C.TEXT_PAIR,)
+    cols |= {carry_key(name): name for name in spec.output.columns}  # read as they are, never as text
+    return cols, optional

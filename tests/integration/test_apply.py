@@ -1,0 +1,93 @@
+"""`pipeline.apply(ds, spec)` (pipeline/compose.py): the head's stages on someone's own Ray Dataset, through real Ray. Its
+outputs equal transformers' pipeline on the same model and texts (the README's example), every
+other column comes through unchanged, no row is dropped, and mistakes are one sentence before any
+work."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.spec import SpecError
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "Angela Merkel met Emmanuel Macron in Paris on Tuesday.",
+    "Shares of Siemens rose after the announcement in Munich.",
+    "",  # no text: an error row, not a lost one
+    " ".join(["The committee in Geneva published its report."] * 30),  # longer than one window
+]
+
+
+def _dataset(ray_session):
+    import ray
+
+    return ray.data.from_items([{"url": f"https://example.org/{i}", "day": 20261201 + i, "text": t}
+                                for i, t in enumerate(TEXTS)], override_num_blocks=2)
+
+
+def test_apply_adds_the_heads_columns_and_carries_the_others(tiny_ner_dir, ray_session):
+    from transformers import pipeline as hf_pipeline
+
+    import pipeline
+
+    spec = {"model": {"path": tiny_ner_dir, "head": "token-classification"},
+            "head": {"aggregation_strategy": "simple", "ignore_labels": []},
+            "resources": {"cpus_per_actor": 0.5}}
+    out = pipeline.apply(_dataset(ray_session), spec)
+    rows = sorted(out.take_all(), key=lambda r: r["day"])
+
+    assert [r["url"] for r in rows] == [f"https://example.org/{i}" for i in range(len(TEXTS))]
+    assert set(rows[0]) == {"url", "day", "entities", "error"}  # no id in, no made-up id out
+    assert rows[2]["error"] == "text is empty" and rows[2]["entities"] is None
+    ner = hf_pipeline("token-classification", model=tiny_ner_dir, aggregation_strategy="simple", ignore_labels=[])
+    for row, text in zip(rows, TEXTS):
+        if not text:
+            continue
+        assert row["error"] is None
+        want = [(e["entity_group"], e["start"], e["end"]) for e in ner(text)]
+        got = [(e["entity_group"], e["start"], e["end"]) for e in row["entities"]]
+        assert got == want
+        # `word` is the text's own span (transformers' is the decoded, here lower-cased, tokens).
+        assert [e["word"] for e in row["entities"]] == [text[a:b] for _, a, b in got]
+        assert [e["score"] for e in row["entities"]] == pytest.approx([float(e["score"]) for e in ner(text)], abs=1e-5)
+
+
+def test_apply_keeps_the_id_column_and_goes_per_token(minilm_dir, ray_session):
+    import ray
+
+    import pipeline
+
+    ds = ray.data.from_items([{"doc": 7, "text": "Hello world", "lang": "en"},
+                              {"doc": 8, "text": "Bonjour le monde", "lang": "fr"}])
+    spec = {"input": {"id_column": "doc"}, "model": {"path": minilm_dir, "head": "embedding", "max_length": 32},
+            "output": {"granularity": "token"}, "resources": {"cpus_per_actor": 0.5}}
+    rows = pipeline.apply(ds, spec).take_all()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    per_doc = {7: len(tok.tokenize("Hello world")), 8: len(tok.tokenize("Bonjour le monde"))}
+    assert sorted((r["doc"], r["lang"]) for r in rows) == sorted(
+        [(7, "en")] * per_doc[7] + [(8, "fr")] * per_doc[8])
+    assert all(len(r["embedding"]) == 384 and r["error"] is None for r in rows)
+
+
+@pytest.mark.parametrize(
+    "columns, spec, message",
+    [
+        ({"body": "x"}, {}, "input.text_column: column 'text' not in the dataset (it has: body)"),
+        ({"text": "x", "error": "y"}, {}, "the dataset has a column 'error'"),
+        ({"text": "x", "entities": "y"}, {}, "'entities' is also an output column of this head"),
+        ({"text": "x"}, {"output": {"granularity": "token"}, "model": {"head": "sequence-classification"}},
+         "output.granularity: `token` is for token-classification and embedding"),
+    ],
+)
+def test_apply_mistakes_are_one_sentence_before_any_work(tiny_ner_dir, ray_session, columns, spec, message):
+    import ray
+
+    import pipeline
+
+    base = {"model": {"path": tiny_ner_dir, "head": "token-classification", **spec.get("model", {})},
+            "output": spec.get("output", {})}
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        pipeline.apply(ray.data.from_items([columns]), base)
