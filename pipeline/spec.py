@@ -13,6 +13,15 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from pipeline.heads import DEFAULT_MAX_LENGTH, HEADS, head_entry
+from pipeline.heads.options import (  # noqa: F401 - importable from here, as before the registry
+    EmbeddingHead,
+    FillMaskHead,
+    QuestionAnsweringHead,
+    SequenceClassificationHead,
+    TokenClassificationHead,
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,22 +48,28 @@ class InputSpec(_Strict):
     context_column: str = Field("context", description="Context column (question-answering head).")
 
 
+HeadName = Literal[tuple(entry.name for entry in HEADS)]  # model.head: a registered head
+
+
+def _max_length_description() -> str:
+    """model.max_length's description, with each head's default window (pipeline.heads.HEADS)."""
+    special = [e.max_length_note or f"{e.max_length} for {e.name}" for e in HEADS
+               if e.max_length_note or e.max_length != DEFAULT_MAX_LENGTH]
+    return ("Tokens per window, special tokens included (capped by the model's positions). Default: "
+            + "".join(f"{note}; " for note in special) + f"{DEFAULT_MAX_LENGTH} for the other heads.")
+
+
 class ModelSpec(_Strict):
     path: str = Field(
         description="Checkpoint: a local directory, an `s3://` prefix (copied once per actor to a local cache), "
         "or a model-hub name where a hub is reachable."
     )
-    head: Literal["token-classification", "embedding", "sequence-classification", "fill-mask", "question-answering"] = (
-        Field(description="Which head to run.")
-    )
+    head: HeadName = Field(description="Which head to run.")
     max_length: int = Field(
-        None,  # filled from the head by JobSpec: DEFAULT_MAX_LENGTH
+        None,  # filled from the head's entry (pipeline.heads.HEADS) by JobSpec
         ge=8,
         le=8192,
-        description="Tokens per window, special tokens included (capped by the model's positions). Default: 384 for "
-        "question-answering (the window transformers' QA pipeline uses, its `max_seq_len`); for embedding, a "
-        "sentence-transformers checkpoint's `max_seq_length` (its `sentence_bert_config.json`), else 512; 512 for the "
-        "other heads.",
+        description=_max_length_description(),
     )
     stride: int | None = Field(
         None,
@@ -80,87 +95,7 @@ class ModelSpec(_Strict):
         return self.stride if self.stride is not None else self.max_length // 4
 
 
-# model.max_length when the spec leaves it out: what transformers' pipeline for the head uses.
-DEFAULT_MAX_LENGTH = {"question-answering": 384}
-DEFAULT_MAX_LENGTH_OTHER_HEADS = 512
-
-
-class TokenClassificationHead(_Strict):
-    kind: Literal["token-classification"] = "token-classification"
-    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = Field(
-        "simple", description="How tokens become entities; transformers' `TokenClassificationPipeline` semantics."
-    )
-    ignore_labels: list[str] = Field(["O"], description="Labels never reported as entities.")
-
-
-class EmbeddingHead(_Strict):
-    kind: Literal["embedding"] = "embedding"
-    pooling: Literal["mean", "cls", "pooler"] | None = Field(
-        None,
-        description="`mean`: attention-masked mean of the token vectors (sentence-transformers); `cls`: the [CLS] "
-        "vector; `pooler`: the model's pooler_output, tanh(dense([CLS])). Default: a sentence-transformers "
-        "checkpoint's own pooling (its `1_Pooling/config.json`), else `mean`. Ignored at token granularity.",
-    )
-    normalize: bool | None = Field(
-        None,
-        description="L2-normalise each embedding. Default: true when a sentence-transformers checkpoint ends in a "
-        "`Normalize` module (its `modules.json`), else false.",
-    )
-    layer: int | None = Field(
-        None, description="Hidden layer to pool (negative counts from the end; default the last)."
-    )
-    long_document: Literal["truncate", "mean"] = Field(
-        "truncate",
-        description="Documents longer than max_length: `truncate` to the first window (counted in the summary) or "
-        "`mean`, the token-weighted mean of the windows' embeddings.",
-    )
-
-
-class SequenceClassificationHead(_Strict):
-    kind: Literal["sequence-classification"] = "sequence-classification"
-    function_to_apply: Literal["auto", "softmax", "sigmoid", "none"] = Field(
-        "auto",
-        description="`auto`: sigmoid when the config's problem_type is multi_label_classification or there is one "
-        "label, softmax otherwise (transformers' semantics).",
-    )
-    top_k: int | None = Field(1, ge=1, description="Labels kept in `scores`, best first; null keeps all.")
-    threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="Multi-label: labels whose sigmoid score is at least this go to `labels`."
-    )
-    long_document: Literal["truncate", "mean", "max"] = Field(
-        "truncate",
-        description="Documents longer than max_length: `truncate` to the first window, or `mean` / `max` of the "
-        "windows' logits.",
-    )
-
-
-class FillMaskHead(_Strict):
-    kind: Literal["fill-mask"] = "fill-mask"
-    top_k: int = Field(5, ge=1, description="Candidates per mask token.")
-    targets: list[str] | None = Field(None, description="Restrict candidates to these words.")
-
-
-class QuestionAnsweringHead(_Strict):
-    kind: Literal["question-answering"] = "question-answering"
-    doc_stride: int = Field(128, ge=0, description="Tokens shared by consecutive context windows.")
-    max_answer_len: int = Field(15, ge=1, description="Longest answer, in tokens.")
-    max_question_len: int = Field(
-        64,
-        ge=1,
-        description="Longest question expected, in tokens; only checks doc_stride (doc_stride < max_length - "
-        "max_question_len - 3). Questions are not truncated (as transformers' pipeline with a fast tokenizer); a "
-        "question that leaves no room for the context is an error row.",
-    )
-    top_k: int = Field(1, ge=1, description="Answers per question; `answers` is written when above 1.")
-    handle_impossible_answer: bool = Field(False, description="Allow the empty answer (the null score) to win.")
-
-
-HeadSpec = Annotated[
-    Union[
-        TokenClassificationHead, EmbeddingHead, SequenceClassificationHead, FillMaskHead, QuestionAnsweringHead
-    ],
-    Field(discriminator="kind"),
-]
+HeadSpec = Annotated[Union[tuple(entry.options for entry in HEADS)], Field(discriminator="kind")]
 
 
 class OutputSpec(_Strict):
@@ -298,7 +233,8 @@ class JobSpec(_Strict):
                     raise ValueError("head.kind: not a spec key; the head is chosen by model.head")
                 data = {**data, "head": {**head, "kind": head_name}}
             if isinstance(model, dict) and model.get("max_length") is None and isinstance(head_name, str):
-                max_length = DEFAULT_MAX_LENGTH.get(head_name, DEFAULT_MAX_LENGTH_OTHER_HEADS)
+                # An unknown head gets the common default: its own error (model.head) says it all.
+                max_length = head_entry(head_name).max_length if head_name in _HEAD_TAGS else DEFAULT_MAX_LENGTH
                 data = {**data, "model": {**model, "max_length": max_length}}
                 filled = True
         spec = handler(data)
@@ -316,18 +252,17 @@ class JobSpec(_Strict):
                 f"model.stride: {self.model.effective_stride} must be smaller than model.max_length "
                 f"({self.model.max_length}) minus the special tokens"
             )
-        if self.output.granularity == "token" and self.model.head not in ("token-classification", "embedding"):
-            raise ValueError(
-                f"output.granularity: `token` is for token-classification and embedding, not {self.model.head}"
-            )
-        if isinstance(self.head, QuestionAnsweringHead):
-            if self.head.doc_stride >= self.model.max_length - self.head.max_question_len - 3:
-                raise ValueError(
-                    "head.doc_stride: must leave room for new context in each window "
-                    "(doc_stride < max_length - max_question_len - 3)"
-                )
-        if self.input.text_pair_column and self.model.head != "sequence-classification":
-            raise ValueError("input.text_pair_column: only the sequence-classification head takes text pairs")
+        entry = head_entry(self.model.head)
+        granularity = self.output.granularity
+        if granularity not in entry.granularities:
+            writers = [e.name for e in HEADS if granularity in e.granularities]
+            raise ValueError(f"output.granularity: `{granularity}` is for {_and(writers)}, not {self.model.head}")
+        if self.head is not None:
+            self.head.check(self)
+        if self.input.text_pair_column and not entry.text_pairs:
+            pairs = [e.name for e in HEADS if e.text_pairs]
+            raise ValueError(f"input.text_pair_column: only the {_and(pairs)} head{'s take' if len(pairs) > 1 else ' takes'} "
+                             "text pairs")
         return self
 
     def result_fields(self) -> dict[str, Any]:
@@ -362,15 +297,17 @@ def _dotted(loc: tuple) -> str:
 
 
 _UNION_TAGS = {"_count", "_range"}  # ActorCount's members
-_HEAD_TAGS = {"token-classification", "embedding", "sequence-classification", "fill-mask", "question-answering"}
+_HEAD_TAGS = {entry.name for entry in HEADS}  # the head union's tags: model.head's names
 
 
 def _head_classes() -> dict[str, type[BaseModel]]:
     """model.head's names (in the spec's order) -> the class of their `head.*` options."""
-    import typing
+    return {entry.name: entry.options for entry in HEADS}
 
-    classes = typing.get_args(typing.get_args(HeadSpec)[0])
-    return {cls.model_fields["kind"].default: cls for cls in classes}
+
+def _and(names: list[str]) -> str:
+    """a, b and c."""
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _options(cls: type[BaseModel]) -> list[str]:
@@ -403,13 +340,7 @@ def _close(word: Any, choices: list[str]) -> str | None:
 
 
 # transformers' pipeline task names (and common words) for the heads they are.
-_HEAD_ALIASES = {
-    "ner": "token-classification", "token_classification": "token-classification", "pos": "token-classification",
-    "feature-extraction": "embedding", "embeddings": "embedding", "sentence-similarity": "embedding",
-    "text-classification": "sequence-classification", "sentiment-analysis": "sequence-classification",
-    "classification": "sequence-classification", "masked-lm": "fill-mask", "mlm": "fill-mask",
-    "qa": "question-answering",
-}
+_HEAD_ALIASES = {alias: entry.name for entry in HEADS for alias in entry.aliases}
 
 
 def _section_model(loc: tuple) -> type[BaseModel] | None:
@@ -649,7 +580,7 @@ def spec_reference() -> str:
             continue
         ann = model.annotation
         walk(ann, f"{section}.")
-    for head in (TokenClassificationHead, EmbeddingHead, SequenceClassificationHead, FillMaskHead, QuestionAnsweringHead):
-        rows.append(f"| **{head.model_fields['kind'].default}** | | options under `head.` |")
-        walk(head, "head.")
+    for entry in HEADS:
+        rows.append(f"| **{entry.name}** | | options under `head.` |")
+        walk(entry.options, "head.")
     return "\n".join(rows)

@@ -1,20 +1,80 @@
-"""Registry: `model.head` -> the head class. One module per head."""
+"""Registry: `model.head` -> the head. Adding a head is one entry in `HEADS` (and its module).
+
+Each entry says everything the rest of the job needs to know about a head without importing it:
+the spec (pipeline/spec.py) derives `model.head`'s choices, the `head.*` options union, the default
+window, the granularity and text-pair checks and the spec reference from `HEADS`; the stages import
+the head class from its path only when they build it (torch and transformers load there, not here).
+"""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
-_HEADS = {
-    "token-classification": "pipeline.heads.token_classification:TokenClassification",
-    "embedding": "pipeline.heads.embedding:Embedding",
-    "sequence-classification": "pipeline.heads.sequence_classification:SequenceClassification",
-    "fill-mask": "pipeline.heads.fill_mask:FillMask",
-    "question-answering": "pipeline.heads.question_answering:QuestionAnswering",
-}
+from pipeline.heads.options import (
+    EmbeddingHead,
+    FillMaskHead,
+    HeadOptions,
+    QuestionAnsweringHead,
+    SequenceClassificationHead,
+    TokenClassificationHead,
+)
+
+# model.max_length when neither the spec nor the entry says otherwise: BERT's position table.
+DEFAULT_MAX_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    name: str  # model.head
+    path: str  # "module:Class" of the head (a pipeline.heads.base.Head)
+    options: type[HeadOptions]  # its `head.*` options; `kind` defaults to `name`
+    max_length: int = DEFAULT_MAX_LENGTH  # model.max_length when the spec leaves it out
+    # How the spec reference words this head's default window, when it is not plain `max_length`.
+    max_length_note: str | None = None
+    granularities: tuple[str, ...] = ("document",)  # output.granularity values it writes
+    text_pairs: bool = False  # reads input.text_pair_column as a second segment
+    aliases: tuple[str, ...] = ()  # other names people try for it (transformers' task names): error hints
+
+    def __post_init__(self):
+        kind = self.options.model_fields.get("kind")
+        if kind is None or kind.default != self.name:
+            # The spec picks the options model by `kind`, filled in from model.head.
+            raise ValueError(f"head {self.name!r}: its options model {self.options.__name__} must have "
+                             f"`kind: Literal[{self.name!r}] = {self.name!r}`")
+
+
+HEADS: tuple[HeadEntry, ...] = (
+    HeadEntry(
+        "token-classification", "pipeline.heads.token_classification:TokenClassification", TokenClassificationHead,
+        granularities=("document", "token"), aliases=("ner", "token_classification", "pos"),
+    ),
+    HeadEntry(
+        "embedding", "pipeline.heads.embedding:Embedding", EmbeddingHead,
+        max_length_note="for embedding, a sentence-transformers checkpoint's `max_seq_length` (its "
+        "`sentence_bert_config.json`), else 512",
+        granularities=("document", "token"), aliases=("feature-extraction", "embeddings", "sentence-similarity"),
+    ),
+    HeadEntry(
+        "sequence-classification", "pipeline.heads.sequence_classification:SequenceClassification",
+        SequenceClassificationHead, text_pairs=True,
+        aliases=("text-classification", "sentiment-analysis", "classification"),
+    ),
+    HeadEntry("fill-mask", "pipeline.heads.fill_mask:FillMask", FillMaskHead, aliases=("masked-lm", "mlm")),
+    HeadEntry(
+        "question-answering", "pipeline.heads.question_answering:QuestionAnswering", QuestionAnsweringHead,
+        max_length=384, max_length_note="384 for question-answering (the window transformers' QA pipeline uses, "
+        "its `max_seq_len`)", aliases=("qa",),
+    ),
+)
+
+
+def head_entry(name: str) -> HeadEntry:
+    return next(entry for entry in HEADS if entry.name == name)
 
 
 def head_class(name: str):
-    module, cls = _HEADS[name].split(":")
+    module, cls = head_entry(name).path.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
