@@ -16,14 +16,20 @@ Two deliberate differences from the pipeline's output:
 * strategy "none" reports the token's label under `entity_group` (the pipeline calls it `entity`
   and adds `index`), so every strategy yields rows of one shape.
 
-The per-token and per-word steps are NumPy array operations; the Python-level loops are over the
-returned entities (to build the dicts), one `len` per token string for word-aware tokenizers, and,
-for "average", one vectorised step per token of the longest word.
+`aggregate_batch` works on a whole batch of documents at once (tokens of all documents one after
+another, words and groups never crossing a document's start); `aggregate_entities` is one document.
+The per-token and per-word steps are NumPy array operations over the batch; the Python-level loops
+are over the returned entities (their words), and, for "average", one vectorised step per token of
+the batch's longest word.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from pipeline.windows import offsets_of, segment_ids
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -41,18 +47,19 @@ def subword_info(tokenizer) -> tuple[str | None, int | None]:
 
 
 def _is_subword(
-    text: str,
-    token_strs: list[str],
+    texts: list[str],
+    token_lens: np.ndarray,
     token_ids: np.ndarray,
     starts: np.ndarray,
     ends: np.ndarray,
+    document: np.ndarray,
     continuing_subword_prefix: str | None,
     unk_token_id: int | None,
 ) -> np.ndarray:
     """Which tokens continue the previous token's word (mirrors `gather_pre_entities`).
 
-    Word-aware tokenizers: a token is a continuation when its string length differs from its
-    surface length (the prefix makes "##ing" longer than "ing"). This also fires whenever
+    Word-aware tokenizers: a token is a continuation when its string length (`token_lens`) differs
+    from its surface length (the prefix makes "##ing" longer than "ing"). This also fires whenever
     normalisation changes the length (e.g. a decomposed accent that the uncased tokenizer strips),
     which the pipeline does too, so it is kept.
     Otherwise: a token is a continuation unless it starts the text or touches a plain space
@@ -60,19 +67,19 @@ def _is_subword(
     `start > 0 and " " not in text[start - 1 : start + 1]`.
     [UNK] tokens never continue a word, whichever rule applies.
     """
-    n = len(token_strs)
     if continuing_subword_prefix:
-        token_lens = np.fromiter(map(len, token_strs), dtype=np.int64, count=n)
         sub = token_lens != (ends - starts)
     else:
-        # Code points indexed like Python str positions; surrogatepass keeps lone surrogates 1:1.
-        is_space = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32) == 32
-        text_len = is_space.shape[0]
+        # Code points of all texts, one after another, indexed like Python str positions;
+        # surrogatepass keeps lone surrogates 1:1.
+        text_lens = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        base = offsets_of(text_lens)[document]
+        is_space = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32) == 32
         sub = starts > 0
-        prev = np.where(sub, starts - 1, 0)
+        prev = np.where(sub, base + starts - 1, 0)
         sub &= ~is_space[prev]
-        inside = starts < text_len
-        here = np.where(inside, starts, 0)
+        inside = starts < text_lens[document]
+        here = np.where(inside, base + starts, 0)
         sub &= ~(is_space[here] & inside)
     if unk_token_id is not None:
         sub &= token_ids != unk_token_id
@@ -120,23 +127,42 @@ def _aggregate_words(
     return label_ids, rows[np.arange(rows.shape[0]), label_ids]
 
 
-def aggregate_entities(
-    text: str,
-    token_strs: list[str],
+@dataclass
+class Entities:
+    """The entities of a batch of documents, in document order, then text order."""
+
+    document: np.ndarray  # int64 [E]: the document of each entity
+    name: np.ndarray  # int64 [E]: index into `names`
+    names: list[str]  # entity_group strings
+    score: np.ndarray  # [E]
+    start: np.ndarray  # int64 [E]: character offsets into the document's text
+    end: np.ndarray  # int64 [E]
+
+    def words(self, texts: list[str]) -> list[str]:
+        """The surface `text[start:end]` of each entity (one Python slice per entity, none per token)."""
+        return [texts[d][a:b] for d, a, b in zip(self.document.tolist(), self.start.tolist(), self.end.tolist())]
+
+
+def aggregate_batch(
+    texts: list[str],
+    token_lens: np.ndarray,
     token_ids: np.ndarray,
     starts: np.ndarray,
     ends: np.ndarray,
     probs: np.ndarray,
+    doc_offsets: np.ndarray,
     id2label: dict[int, str],
     strategy: str,
     ignore_labels: list[str],
     continuing_subword_prefix: str | None,
     unk_token_id: int | None,
-) -> list[dict]:
-    """Entities of one document, identical to `TokenClassificationPipeline` with `strategy`.
+) -> Entities:
+    """Entities of a batch of documents, each identical to `TokenClassificationPipeline` with `strategy`
+    on that document.
 
-    Inputs are the document's tokens in order without special tokens: their strings
-    (`convert_ids_to_tokens`), ids, character offsets into `text`, and softmax probabilities.
+    Inputs are the documents' tokens in order without special tokens, documents one after another
+    (`doc_offsets` [D+1] says where each starts): the lengths of their strings (`convert_ids_to_tokens`),
+    ids, character offsets into their document's text, and softmax probabilities.
     `continuing_subword_prefix`/`unk_token_id` come from `subword_info(tokenizer)`.
 
     Pipeline behaviours kept on purpose because users compare against it:
@@ -153,60 +179,80 @@ def aggregate_entities(
     strategy = strategy.lower()
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown aggregation strategy {strategy!r}; expected one of {STRATEGIES}")
-    n = len(token_strs)
-    # The pipeline's filter also tests a missing key (None) against ignore_labels.
-    if n == 0 or None in ignore_labels:
-        return []
-
-    starts = np.asarray(starts, dtype=np.int64)
-    ends = np.asarray(ends, dtype=np.int64)
     probs = np.asarray(probs)
+    doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
+    n = int(doc_offsets[-1])
     # Configs loaded from JSON by hand can carry string keys; transformers converts them to int.
     labels = [id2label[i] if i in id2label else id2label[str(i)] for i in range(probs.shape[1])]
+    # The pipeline's filter also tests a missing key (None) against ignore_labels.
+    if n == 0 or None in ignore_labels:
+        empty = np.zeros(0, dtype=np.int64)
+        return Entities(empty, empty, labels, np.zeros(0, dtype=np.float64), empty, empty)
+
+    document = segment_ids(np.diff(doc_offsets))
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
     ignored = set(ignore_labels)
 
     if strategy in ("none", "simple"):
         unit_labels = probs.argmax(axis=1)
         unit_scores = probs[np.arange(n), unit_labels]
-        unit_starts, unit_ends = starts, ends
+        unit_starts, unit_ends, unit_docs = starts, ends, document
     else:
-        token_ids = np.asarray(token_ids)
-        sub = _is_subword(text, token_strs, token_ids, starts, ends, continuing_subword_prefix, unk_token_id)
-        sub[0] = False  # the first token always opens a word
+        sub = _is_subword(texts, np.asarray(token_lens), np.asarray(token_ids), starts, ends, document,
+                          continuing_subword_prefix, unk_token_id)
+        sub[doc_offsets[:-1][np.diff(doc_offsets) > 0]] = False  # a document's first token always opens a word
         word_starts = np.flatnonzero(~sub)
         unit_labels, unit_scores = _aggregate_words(probs, word_starts, strategy)
         unit_starts = starts[word_starts]
         unit_ends = ends[np.append(word_starts[1:], n) - 1]
+        unit_docs = document[word_starts]
 
     if strategy == "none":
-        return [
-            {"entity_group": labels[lab], "score": score, "word": text[a:b], "start": a, "end": b}
-            for lab, score, a, b in zip(unit_labels.tolist(), unit_scores.tolist(), starts.tolist(), ends.tolist())
-            if labels[lab] not in ignored
-        ]
+        keep = ~np.array([lab in ignored for lab in labels])[unit_labels]
+        return Entities(unit_docs[keep], unit_labels[keep], labels, unit_scores[keep], starts[keep], ends[keep])
 
     # group_entities: per-label tables, then a boundary mask over units.
     is_b = np.array([lab.startswith("B-") for lab in labels])
     tag_names = [lab[2:] if lab.startswith(("B-", "I-")) else lab for lab in labels]
     tag_codes = {t: k for k, t in enumerate(dict.fromkeys(tag_names))}
     tag_of = np.array([tag_codes[t] for t in tag_names])
-    group_names = [lab.split("-", 1)[-1] for lab in labels]
+    group_names = list(dict.fromkeys(lab.split("-", 1)[-1] for lab in labels))
+    name_of = np.array([group_names.index(lab.split("-", 1)[-1]) for lab in labels])
+    name_ignored = np.array([name in ignored for name in group_names])
 
     unit_tags = tag_of[unit_labels]
     opens = np.empty(unit_labels.shape[0], dtype=bool)
     opens[0] = True
-    opens[1:] = (unit_tags[1:] != unit_tags[:-1]) | is_b[unit_labels[1:]]
+    opens[1:] = (unit_tags[1:] != unit_tags[:-1]) | is_b[unit_labels[1:]] | (unit_docs[1:] != unit_docs[:-1])
     group_starts = np.flatnonzero(opens)
     group_ends = np.append(group_starts[1:], unit_labels.shape[0]) - 1
     counts = group_ends - group_starts + 1
     group_scores = np.add.reduceat(unit_scores.astype(np.float64), group_starts) / counts
+    group_name = name_of[unit_labels[group_starts]]
+    keep = ~name_ignored[group_name]
+    return Entities(unit_docs[group_starts][keep], group_name[keep], group_names, group_scores[keep],
+                    unit_starts[group_starts][keep], unit_ends[group_ends][keep])
 
-    first_labels = unit_labels[group_starts].tolist()
-    group_start_chars = unit_starts[group_starts].tolist()
-    group_end_chars = unit_ends[group_ends].tolist()
-    out = []
-    for lab, score, a, b in zip(first_labels, group_scores.tolist(), group_start_chars, group_end_chars):
-        name = group_names[lab]
-        if name not in ignored:
-            out.append({"entity_group": name, "score": score, "word": text[a:b], "start": a, "end": b})
-    return out
+
+def aggregate_entities(
+    text: str,
+    token_strs: list[str],
+    token_ids: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    probs: np.ndarray,
+    id2label: dict[int, str],
+    strategy: str,
+    ignore_labels: list[str],
+    continuing_subword_prefix: str | None,
+    unk_token_id: int | None,
+) -> list[dict]:
+    """`aggregate_batch` for one document, as the pipeline's dicts (entity_group, score, word, start,
+    end); `token_strs` are its tokens' strings."""
+    token_lens = np.fromiter(map(len, token_strs), dtype=np.int64, count=len(token_strs))
+    found = aggregate_batch([text], token_lens, token_ids, starts, ends, probs, np.array([0, len(token_strs)]), id2label,
+                            strategy, ignore_labels, continuing_subword_prefix, unk_token_id)
+    return [{"entity_group": found.names[k], "score": score, "word": word, "start": a, "end": b}
+            for k, score, word, a, b in zip(found.name.tolist(), found.score.tolist(), found.words([text]),
+                                            found.start.tolist(), found.end.tolist())]

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import columns as C
 from pipeline.heads import build_head
-from pipeline.heads.base import Context, RowError
+from pipeline.heads.base import COMMON_ENCODE_FIELDS, Context, Produced, column
 from pipeline.models import check_architecture, load_config, load_tokenizer, resolve_model_dir
 from pipeline.sources import carry_key, is_carry_key
 from pipeline.spec import SpecError
-
-_COMMON_ENCODE_FIELDS = [
-    pa.field(C.INPUT_IDS, pa.list_(pa.list_(pa.int32()))),
-    pa.field(C.TOKEN_TYPE_IDS, pa.list_(pa.list_(pa.int32()))),
-    pa.field(C.N_TOKENS, pa.int64()),
-    pa.field(C.TRUNCATED, pa.bool_()),
-]
-
 
 def load_head(spec):
     """The tokenizer, config and head for a spec; loaded once per actor."""
@@ -55,35 +48,9 @@ def _with_errors(batch: pa.Table, errors: list) -> pa.Table:
     return batch.set_column(idx, C.ERROR, pa.array(errors, type=pa.string()))
 
 
-def _is_number(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-
-
-def _list_views(col: pa.ListArray) -> list:
-    """One NumPy view per list (None for a null), without a Python object per element."""
-    offsets = col.offsets.to_numpy()
-    values = col.values.to_numpy(zero_copy_only=False)
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    return [values[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(col))]
-
-
-def rows_with_array_views(batch: pa.Table) -> list[dict]:
-    """Rows as dicts, numeric list columns as NumPy arrays (list<list<...>> as lists of arrays): a
-    megabyte document's per-token columns would otherwise become millions of Python objects."""
-    columns = {}
-    for name in batch.schema.names:
-        col = batch.column(name).combine_chunks()
-        t = col.type
-        if pa.types.is_list(t) and _is_number(t.value_type):
-            columns[name] = _list_views(col)
-        elif pa.types.is_list(t) and pa.types.is_list(t.value_type) and _is_number(t.value_type.value_type):
-            inner = _list_views(col.values)
-            offsets = col.offsets.to_numpy()
-            valid = col.is_valid().to_numpy(zero_copy_only=False)
-            columns[name] = [inner[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(col))]
-        else:
-            columns[name] = col.to_pylist()
-    return [{name: values[i] for name, values in columns.items()} for i in range(batch.num_rows)]
+def _head_columns(batch: pa.Table) -> pa.Table:
+    """The batch without the carried input columns (output.columns), which no head reads."""
+    return batch.select([n for n in batch.schema.names if not is_carry_key(n)])
 
 
 class Tokenize:
@@ -91,39 +58,40 @@ class Tokenize:
 
     def __init__(self, spec, head=None):
         self.head = head or load_head(spec)
-        self.fields = _COMMON_ENCODE_FIELDS + self.head.encode_schema()
+        self.fields = COMMON_ENCODE_FIELDS + self.head.encode_schema()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.select([n for n in batch.schema.names if not is_carry_key(n)]).to_pylist()
-        errors = [r[C.ERROR] for r in rows]
-        good = [i for i, e in enumerate(errors) if e is None]
-        encoded: list[dict | None] = [None] * len(rows)
-        if good:
-            results = self.head.encode_batch([rows[i] for i in good])
-            for i, res in zip(good, results):
-                if isinstance(res, RowError):
-                    errors[i] = str(res)
-                else:
-                    encoded[i] = res
-        batch = _with_errors(batch, errors)
+        n = batch.num_rows
+        good = np.flatnonzero(column(batch, C.ERROR).is_null().to_numpy(zero_copy_only=False))
+        columns, failed = self.head.encode_table(_head_columns(batch).take(good)) if len(good) else ({}, {})
+        # Each batch row's place among the encoded rows; null (-> null values) for error rows.
+        place = np.full(n, -1, dtype=np.int64)
+        place[good] = np.arange(len(good))
+        if failed:
+            errors = column(batch, C.ERROR).to_pylist()
+            for i, reason in failed.items():
+                errors[good[i]] = reason
+                place[good[i]] = -1
+            batch = _with_errors(batch, errors)
+        identity = len(good) == n and not failed
+        take = None if identity else pa.array(place, mask=place < 0)
         for f in self.fields:
-            values = [None if e is None else e[f.name] for e in encoded]
-            batch = batch.append_column(f, pa.array(values, type=f.type))
+            if not len(good):
+                values = pa.nulls(n, f.type)
+            else:
+                values = columns[f.name].cast(f.type)
+                values = values if identity else values.take(take)
+            batch = batch.append_column(f, values)
         return batch
 
 
-def _output_array(values: list, type: pa.DataType) -> pa.Array:
-    """One output column. Vectors (fixed_size_list of floats) are stacked into one flat NumPy array
-    first, not converted value by value; None (error rows) stays null."""
-    if not (pa.types.is_fixed_size_list(type) and pa.types.is_floating(type.value_type)):
-        return pa.array(values, type=type)
-    size = type.list_size
-    valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-    flat = np.zeros((len(values), size), dtype=type.value_type.to_pandas_dtype())
-    if valid.any():
-        flat[valid] = np.stack([np.asarray(v).reshape(size) for v in values if v is not None])
-    mask = None if valid.all() else pa.array(~valid)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), size, mask=mask)
+_INTERNAL_TYPES = {C.SHARD: pa.int32(), C.ROW: pa.int64(), C.ERROR: pa.string(), C.N_TOKENS: pa.int64(),
+                   C.PADDED_SLOTS: pa.int64(), C.TRUNCATED: pa.bool_(), "_n_windows": pa.int64(), "_documents": pa.int64()}
+
+
+def _first_only(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """A per-document statistic on the first output row of each document, 0 on the others."""
+    return np.where(first, values, np.zeros_like(values))
 
 
 class Postprocess:
@@ -142,47 +110,67 @@ class Postprocess:
         The carried input columns (output.columns) follow the id, taken whole from the batch."""
         id_type = batch.schema.field(C.ID).type
         schema = self.head.output_schema(id_type)
-        out_cols: dict[str, list] = {name: [] for name in schema.names}
-        internal: dict[str, list] = {C.SHARD: [], C.ROW: [], C.ERROR: [], C.N_TOKENS: [], C.PADDED_SLOTS: [],
-                                     C.TRUNCATED: [], "_n_windows": [], "_documents": []}
-        stat_cols = [c for c in (C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED) if c in batch.schema.names]
-        document: list[int] = []  # per output row, its document's row in the batch
-        head_columns = batch.select([n for n in batch.schema.names if not is_carry_key(n)])
-        for d, row in enumerate(rows_with_array_views(head_columns)):
-            error = row[C.ERROR]
-            produced: list[dict] = []
-            if error is None:
-                try:
-                    produced = self.head.postprocess(row)
-                except RowError as e:
-                    error = str(e)
-                if error is None and not produced:
-                    error = "the text has no tokens for this tokenizer"
-            if error is not None:
-                produced = [{C.ID: row[C.ID]}]
-            n_windows = len(row.get(C.INPUT_IDS) or [])
-            document.extend([d] * len(produced))
-            for k, out_row in enumerate(produced):
-                for name in schema.names:
-                    out_cols[name].append(out_row.get(name))
-                first = k == 0
-                internal[C.SHARD].append(row[C.SHARD])
-                internal[C.ROW].append(row[C.ROW])
-                internal[C.ERROR].append(error if first else None)
-                internal["_documents"].append(1 if first else 0)
-                internal["_n_windows"].append(n_windows if first else 0)
-                for c in (C.N_TOKENS, C.PADDED_SLOTS):
-                    internal[c].append((row.get(c) or 0) if first and c in stat_cols else 0)
-                internal[C.TRUNCATED].append(bool(row.get(C.TRUNCATED)) if first else False)
-        arrays = [_output_array(out_cols[f.name], f.type) for f in schema]
+        errors = column(batch, C.ERROR).to_pylist()
+        good = np.asarray([d for d, e in enumerate(errors) if e is None], dtype=np.int64)
+        if len(good):
+            produced = self.head.postprocess_table(_head_columns(batch).take(good))
+        else:
+            produced = Produced(np.zeros(0, np.int64), {f.name: pa.nulls(0, f.type) for f in schema if f.name != C.ID})
+        document = good[produced.document]
+        for d, reason in produced.errors.items():
+            errors[good[d]] = reason
+        has_rows = np.zeros(batch.num_rows, dtype=bool)
+        has_rows[document] = True
+        for d in good[~has_rows[good]]:
+            if errors[d] is None:
+                errors[d] = "the text has no tokens for this tokenizer"
+        is_failed = np.fromiter((e is not None for e in errors), dtype=bool, count=len(errors))
+        failed = np.flatnonzero(is_failed)
+        # A document that failed keeps one row, its id and reason only; the head's rows of it go.
+        if is_failed[document].any():
+            keep = np.flatnonzero(~is_failed[document])
+            document = document[keep]
+            produced.columns = {k: v.take(pa.array(keep)) for k, v in produced.columns.items()}
+        order = np.argsort(np.concatenate([document, failed]), kind="stable")
+        document = np.concatenate([document, failed])[order]
+        take = pa.array(order)
+        arrays = []
+        for f in schema:
+            if f.name == C.ID:
+                arrays.append(column(batch, C.ID).take(pa.array(document)))
+            else:
+                values = pa.concat_arrays([produced.columns[f.name].cast(f.type), pa.nulls(len(failed), f.type)])
+                arrays.append(values.take(take))
         table = pa.Table.from_arrays(arrays, schema=schema)
+        rows = pa.array(document)
         if self.carried:
-            take = pa.array(document, type=pa.int64())
             for i, name in enumerate(self.carried):
-                col = batch.column(carry_key(name)).take(take)
+                col = batch.column(carry_key(name)).take(rows)
                 table = table.add_column(1 + i, pa.field(name, col.type), col)
-        types = {C.SHARD: pa.int32(), C.ROW: pa.int64(), C.ERROR: pa.string(), C.N_TOKENS: pa.int64(),
-                 C.PADDED_SLOTS: pa.int64(), C.TRUNCATED: pa.bool_(), "_n_windows": pa.int64(), "_documents": pa.int64()}
+        first = np.ones(len(document), dtype=bool)
+        first[1:] = document[1:] != document[:-1]
+        windows = column(batch, C.INPUT_IDS)
+        n_windows = np.where(windows.is_valid().to_numpy(zero_copy_only=False), np.diff(windows.offsets.to_numpy()), 0)
+        first_arr = pa.array(first)
+        internal = {
+            C.SHARD: column(batch, C.SHARD).take(rows),
+            C.ROW: column(batch, C.ROW).take(rows),
+            C.ERROR: pc.if_else(first_arr, pa.array(errors, pa.string()).take(rows), pa.scalar(None, pa.string())),
+            C.N_TOKENS: _first_only(self._stat(batch, C.N_TOKENS)[document], first),
+            C.PADDED_SLOTS: _first_only(self._stat(batch, C.PADDED_SLOTS)[document], first),
+            C.TRUNCATED: _first_only(self._stat(batch, C.TRUNCATED).astype(bool)[document], first),
+            "_n_windows": _first_only(n_windows.astype(np.int64)[document], first),
+            "_documents": first.astype(np.int64),
+        }
         for name, values in internal.items():
-            table = table.append_column(pa.field(name, types[name]), pa.array(values, type=types[name]))
+            t = _INTERNAL_TYPES[name]
+            table = table.append_column(pa.field(name, t), values.cast(t) if isinstance(values, pa.Array) else pa.array(values, t))
         return table
+
+    @staticmethod
+    def _stat(batch: pa.Table, name: str) -> np.ndarray:
+        """A per-document statistic column, 0 where it is missing or null (error rows)."""
+        if name not in batch.schema.names:
+            return np.zeros(batch.num_rows, dtype=np.int64)
+        col = column(batch, name)
+        return col.fill_null(False if pa.types.is_boolean(col.type) else 0).to_numpy(zero_copy_only=False)

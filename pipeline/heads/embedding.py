@@ -18,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import columns as C
-from pipeline.heads.base import RowError, WindowedTextHead, model_max_length
+from pipeline.heads.base import (Produced, WindowedTextHead, column, list_numpy, list_parts, model_max_length,
+                                 vector_array)
 from pipeline.models import ModelError
-from pipeline.windows import surface_offsets
+from pipeline.windows import offsets_of, segment_ids, surface_offsets
 
 # sentence-transformers' pooling modes (`pooling_mode` in 1_Pooling/config.json; older checkpoints
 # have one `pooling_mode_<x>` flag per mode) -> ours; the others are not computed here.
@@ -155,23 +156,30 @@ class Embedding(WindowedTextHead):
         norm = np.linalg.norm(v, axis=-1, keepdims=True)
         return v / np.maximum(norm, 1e-12)
 
-    def postprocess(self, row):
+    def postprocess_table(self, batch):
         if self.granularity == "token":
-            vectors = self._normalize(self.per_token(row, "tokens", self.hidden))
-            n = len(vectors)
-            token_strs = self.tokenizer.convert_ids_to_tokens(list(row["_tok_ids"][:n]))
-            starts, ends = surface_offsets(row[C.TEXT], np.asarray(row["_starts"][:n]), np.asarray(row["_ends"][:n]))
-            return [
-                {"id": row[C.ID], "token_index": i, "token": token_strs[i], "start": int(starts[i]),
-                 "end": int(ends[i]), "embedding": vectors[i]}
-                for i in range(len(vectors))
-            ]
-        windows = [np.asarray(v, dtype=np.float32) for v in row[C.out("vector")]]
-        if not windows:
-            raise RowError("no window was computed")
-        if len(windows) == 1:
-            vec = windows[0]
-        else:  # long_document: mean — windows weighted by the tokens they hold
-            weights = np.array([len(ids) for ids in row[C.INPUT_IDS]], dtype=np.float64)
-            vec = (np.stack(windows) * weights[:, None]).sum(0) / weights.sum()
-        return [{"id": row[C.ID], "embedding": self._normalize(vec.astype(np.float32))}]
+            tokens = self.document_tokens(batch, "tokens", self.hidden)
+            starts, ends = surface_offsets(tokens.starts, tokens.ends)
+            return Produced(tokens.document, {
+                "token_index": pa.array(tokens.index, pa.int32()), "token": self.token_strings(tokens.token_ids),
+                "start": pa.array(starts, pa.int32()), "end": pa.array(ends, pa.int32()),
+                "embedding": vector_array(self._normalize(tokens.values), self.hidden),
+            })
+        per_window, doc_windows = list_parts(column(batch, C.out("vector")))
+        flat, _ = list_numpy(per_window)
+        vectors = flat.reshape(-1, self.hidden).astype(np.float32, copy=False)
+        n_windows = np.diff(doc_windows)
+        errors = {int(d): "no window was computed" for d in np.flatnonzero(n_windows == 0)}
+        has = np.flatnonzero(n_windows > 0)
+        docs = vectors[doc_windows[:-1][has]]  # one window: its vector
+        multi = n_windows > 1
+        if multi.any():  # long_document: mean -- windows weighted by the tokens they hold
+            _, window_offsets = list_parts(column(batch, C.INPUT_IDS).values)
+            weights = np.diff(window_offsets).astype(np.float64)
+            mine = multi[segment_ids(n_windows)]  # the windows of those documents, which lie together
+            bounds = offsets_of(n_windows[multi])[:-1]
+            # Rows added in window order, as the sum over one document's stacked windows.
+            sums = np.add.reduceat(vectors[mine] * weights[mine][:, None], bounds, axis=0)
+            totals = np.add.reduceat(weights[mine], bounds)
+            docs[multi[has]] = (sums / totals[:, None]).astype(np.float32)
+        return Produced(has.astype(np.int64), {"embedding": vector_array(self._normalize(docs), self.hidden)}, errors)

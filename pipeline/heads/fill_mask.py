@@ -19,7 +19,8 @@ import pyarrow as pa
 import torch
 
 from pipeline import columns as C
-from pipeline.heads.base import RowError, WindowedTextHead
+from pipeline.heads.base import RowError, WindowedTextHead, list_array, list_numpy, list_parts
+from pipeline.windows import offsets_of, ragged_arange, segment_ids, segment_sums
 
 log = logging.getLogger(__name__)
 
@@ -91,28 +92,26 @@ class FillMask(WindowedTextHead):
         return False
 
     # ---- tokenize --------------------------------------------------------------------------------
-    def encode_batch(self, rows):
-        out = []
-        for enc in super().encode_batch(rows):
-            if isinstance(enc, RowError):
-                out.append(enc)
-                continue
-            doc_masks = int(np.count_nonzero(np.asarray(enc["_tok_ids"]) == self.mask_id))
-            window_masks = sum(1 for t in enc[C.INPUT_IDS][0] if t == self.mask_id)
-            if doc_masks == 0:
-                out.append(RowError(f"text has no {self.mask_token} token (the mask token of this model)"))
-                continue
-            if window_masks < doc_masks:
-                out.append(RowError(
-                    f"{doc_masks - window_masks} of the text's {doc_masks} {self.mask_token} tokens lie beyond the "
-                    f"first {self.max_length} tokens (model.max_length); fill-mask reads only the first window"))
-                continue
-            # Only the first window's tokens are needed afterwards.
-            n = int(enc["_window_lengths"][0])
-            for key in ("_tok_ids", "_starts", "_ends"):
-                enc[key] = enc[key][:n]
-            out.append(enc)
-        return out
+    def encode_table(self, batch):
+        columns, errors = super().encode_table(batch)
+        tok_ids, tok_offsets = list_numpy(columns["_tok_ids"])
+        doc_masks = segment_sums(tok_ids == self.mask_id, tok_offsets)
+        first_windows, _ = list_parts(columns[C.INPUT_IDS])  # one window per document
+        window_ids, window_offsets = list_numpy(first_windows)
+        window_masks = segment_sums(window_ids == self.mask_id, window_offsets)
+        for d in np.flatnonzero(window_masks < doc_masks).tolist():
+            errors.setdefault(d, f"{doc_masks[d] - window_masks[d]} of the text's {doc_masks[d]} {self.mask_token} tokens "
+                                 f"lie beyond the first {self.max_length} tokens (model.max_length); fill-mask reads only "
+                                 "the first window")
+        for d in np.flatnonzero(doc_masks == 0).tolist():
+            errors.setdefault(d, f"text has no {self.mask_token} token (the mask token of this model)")
+        # Only the first window's tokens are needed afterwards.
+        lengths, _ = list_numpy(columns["_window_lengths"])
+        at = tok_offsets[:-1][segment_ids(lengths)] + ragged_arange(lengths)
+        for key in ("_tok_ids", "_starts", "_ends"):
+            values, _ = list_numpy(columns[key])
+            columns[key] = list_array(values[at], offsets_of(lengths), pa.int32())
+        return columns, errors
 
     # ---- model -----------------------------------------------------------------------------------
     def forward(self, model, inputs, lengths):

@@ -11,11 +11,14 @@ pipeline does with `truncation=True`; a row whose pair is null is classified as 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 
 from pipeline import columns as C
-from pipeline.heads.base import RowError, WindowedTextHead
+from pipeline.heads.base import COMMON_ENCODE_FIELDS, Produced, WindowedTextHead, column, list_array, list_numpy, list_parts
+from pipeline.windows import offsets_of, segment_ids
 
 LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
@@ -56,7 +59,7 @@ class SequenceClassification(WindowedTextHead):
         super().__init__(ctx)
         self.num_labels = int(self.config.num_labels)
         id2label = {int(k): v for k, v in (getattr(self.config, "id2label", None) or {}).items()}
-        self.labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(self.num_labels)]
+        self.label_strings = pa.array([str(id2label.get(i, f"LABEL_{i}")) for i in range(self.num_labels)], pa.string())
         self.function = resolve_function(self.options.function_to_apply, self.config)
         self.multi_label = self.function == "sigmoid"
         top_k = self.options.top_k
@@ -71,25 +74,30 @@ class SequenceClassification(WindowedTextHead):
     def encode_schema(self):
         return []  # logits per window need no token offsets
 
-    def encode_batch(self, rows):
-        out: list[dict | RowError | None] = [None] * len(rows)
-        single = [i for i, r in enumerate(rows) if r.get(C.TEXT_PAIR) is None]
-        paired = [i for i, r in enumerate(rows) if r.get(C.TEXT_PAIR) is not None]
-        if single:
-            for i, res in zip(single, self._encode_single([rows[i][C.TEXT] for i in single])):
-                out[i] = res
-        if paired:
-            results = self._encode_pairs([rows[i][C.TEXT] for i in paired], [rows[i][C.TEXT_PAIR] for i in paired])
-            for i, res in zip(paired, results):
-                out[i] = res
-        return out
+    def encode_table(self, batch):
+        pairs = column(batch, C.TEXT_PAIR) if C.TEXT_PAIR in batch.schema.names else None
+        if pairs is None or pairs.null_count == len(pairs):
+            return self._encode_single(batch)
+        paired = np.flatnonzero(pairs.is_valid().to_numpy(zero_copy_only=False))
+        single = np.flatnonzero(pairs.is_null().to_numpy(zero_copy_only=False))
+        single_columns, single_errors = self._encode_single(batch.take(single)) if len(single) else ({}, {})
+        pair_columns = self._encode_pairs(column(batch, C.TEXT).take(paired).to_pylist(), pairs.take(paired).to_pylist())
+        # Back to the batch's order: singles first, then pairs, taken by each row's place among them.
+        place = np.empty(batch.num_rows, dtype=np.int64)
+        place[single] = np.arange(len(single))
+        place[paired] = len(single) + np.arange(len(paired))
+        columns = {}
+        for f in COMMON_ENCODE_FIELDS:
+            parts = [single_columns[f.name].cast(f.type)] if len(single) else []
+            columns[f.name] = pa.concat_arrays(parts + [pair_columns[f.name]]).take(pa.array(place))
+        return columns, {int(single[i]): reason for i, reason in single_errors.items()}
 
-    def _encode_single(self, texts: list[str]) -> list[dict | RowError]:
+    def _encode_single(self, batch):
         # The windows of WindowedTextHead; the offset columns it adds are not in encode_schema, so
         # the tokenize stage drops them.
-        return super().encode_batch([{C.TEXT: t} for t in texts])
+        return super().encode_table(batch)
 
-    def _encode_pairs(self, texts: list[str], pairs: list[str]) -> list[dict | RowError]:
+    def _encode_pairs(self, texts: list[str], pairs: list[str]) -> dict[str, pa.Array]:
         """One window per pair: the whole pair when it fits, else truncated longest_first (the longer
         segment loses tokens first), as the pipeline with truncation=True."""
         kwargs = dict(return_attention_mask=False, return_token_type_ids=self.emits_token_types)
@@ -104,12 +112,21 @@ class SequenceClassification(WindowedTextHead):
                 ids[i] = cut["input_ids"][j]
                 if types is not None:
                     types[i] = cut["token_type_ids"][j]
-        results = []
-        long_rows = set(too_long)
-        for i, window in enumerate(ids):
-            results.append({C.INPUT_IDS: [list(window)], C.TOKEN_TYPE_IDS: [list(types[i])] if types is not None else [],
-                            C.N_TOKENS: len(window), C.TRUNCATED: i in long_rows})
-        return results
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        window_offsets = offsets_of(lengths)
+        one_each = np.arange(len(ids) + 1, dtype=np.int64)
+        chain = itertools.chain.from_iterable
+        flat_ids = np.fromiter(chain(ids), dtype=np.int32, count=int(lengths.sum()))
+        if types is not None:
+            flat_types = np.fromiter(chain(types), dtype=np.int32, count=int(lengths.sum()))
+            token_types = list_array(list_array(flat_types, window_offsets, pa.int32()), one_each)
+        else:  # the model takes none: an empty list per row
+            token_types = list_array(list_array(np.zeros(0, np.int32), np.zeros(1, np.int64), pa.int32()),
+                                     np.zeros(len(ids) + 1, np.int64))
+        truncated = np.zeros(len(ids), dtype=bool)
+        truncated[too_long] = True
+        return {C.INPUT_IDS: list_array(list_array(flat_ids, window_offsets, pa.int32()), one_each),
+                C.TOKEN_TYPE_IDS: token_types, C.N_TOKENS: pa.array(lengths, pa.int64()), C.TRUNCATED: pa.array(truncated)}
 
     # ---- model -----------------------------------------------------------------------------------
     def forward(self, model, inputs, lengths):
@@ -123,28 +140,43 @@ class SequenceClassification(WindowedTextHead):
             fields.append(("labels", pa.list_(pa.string())))
         return pa.schema(fields)
 
-    def document_logits(self, row) -> np.ndarray:
-        windows = [np.asarray(v, dtype=np.float32) for v in row[C.out("logits")]]
-        if not windows:
-            raise RowError("no window was computed")
-        stacked = np.stack(windows).reshape(len(windows), self.num_labels)
-        if len(windows) == 1 or self.long_document == "truncate":
-            return stacked[0]
-        if self.long_document == "max":
-            return stacked.max(axis=0)
-        return stacked.mean(axis=0)  # "mean": every window counts once
+    def document_logits(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        """Per document with windows, its combined logits [D', num_labels]; and which documents those are."""
+        per_window, doc_windows = list_parts(column(batch, C.out("logits")))
+        flat, _ = list_numpy(per_window)
+        logits = flat.reshape(-1, self.num_labels).astype(np.float32, copy=False)
+        n_windows = np.diff(doc_windows)
+        has = np.flatnonzero(n_windows > 0)
+        combined = logits[doc_windows[:-1][has]]  # the first window: truncate, or one window
+        multi = n_windows > 1
+        if self.long_document != "truncate" and multi.any():
+            mine = multi[segment_ids(n_windows)]  # the windows of those documents, which lie together
+            counts = n_windows[multi]
+            bounds = offsets_of(counts)[:-1]
+            if self.long_document == "max":
+                combined[multi[has]] = np.maximum.reduceat(logits[mine], bounds, axis=0)
+            else:  # "mean": every window counts once; float32 sums divided in float32, as ndarray.mean
+                combined[multi[has]] = np.add.reduceat(logits[mine], bounds, axis=0) / counts[:, None].astype(np.float32)
+        return combined, has
 
-    def postprocess(self, row):
-        scores = apply_function(self.document_logits(row), self.function)
+    def postprocess_table(self, batch):
+        logits, has = self.document_logits(batch)
+        errors = {int(d): "no window was computed" for d in np.setdiff1d(np.arange(batch.num_rows), has)}
+        scores = apply_function(logits, self.function)
         # Best first; ties keep label order (the pipeline's stable sort, reverse=True).
-        order = sorted(range(self.num_labels), key=lambda i: float(scores[i]), reverse=True)
-        best = order[0]
-        out = {
-            "id": row[C.ID],
-            "label": self.labels[best],
-            "score": float(scores[best]),
-            "scores": [{"label": self.labels[i], "score": float(scores[i])} for i in order[: self.top_k]],
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ranked = np.take_along_axis(scores, order, axis=1)
+        n = len(scores)
+        top = order[:, : self.top_k]
+        columns = {
+            "label": self.label_strings.take(pa.array(order[:, 0])),
+            "score": pa.array(ranked[:, 0]),
+            "scores": list_array(
+                pa.StructArray.from_arrays([self.label_strings.take(pa.array(top.ravel())),
+                                            pa.array(ranked[:, : self.top_k].ravel())], fields=list(LABEL_SCORE)),
+                np.arange(n + 1, dtype=np.int64) * self.top_k),
         }
         if self.multi_label:
-            out["labels"] = [self.labels[i] for i in order if scores[i] >= self.options.threshold]
-        return [out]
+            above = ranked >= self.options.threshold
+            columns["labels"] = list_array(self.label_strings.take(pa.array(order[above])), offsets_of(above.sum(axis=1)))
+        return Produced(has.astype(np.int64), columns, errors)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from pipeline import columns as C
-from pipeline.heads.base import WindowedTextHead
+from pipeline.heads.base import Produced, WindowedTextHead, column, list_array
+from pipeline.windows import offsets_of
 
 ENTITY = pa.struct(
     [("entity_group", pa.string()), ("score", pa.float32()), ("word", pa.string()), ("start", pa.int32()), ("end", pa.int32())]
@@ -29,6 +31,8 @@ class TokenClassification(WindowedTextHead):
         self.num_labels = len(self.id2label)
         self.subword_prefix, self.unk_token_id = subword_info(self.tokenizer)
         self.granularity = ctx.spec.output.granularity
+        self.label_strings = pa.array([self.id2label[i] for i in range(self.num_labels)], pa.string())
+        self._token_lengths: np.ndarray | None = None
 
     def forward(self, model, inputs, lengths):
         logits = self.run_model(model, inputs).logits.float()
@@ -43,28 +47,36 @@ class TokenClassification(WindowedTextHead):
             )
         return pa.schema([("id", id_type), ("entities", pa.list_(ENTITY))])
 
-    def postprocess(self, row):
-        from pipeline.aggregation import aggregate_entities
+    def postprocess_table(self, batch):
+        from pipeline.aggregation import aggregate_batch
         from pipeline.windows import surface_offsets
 
-        probs = self.per_token(row, "probs", self.num_labels)
-        n = len(probs)
-        token_ids = np.asarray(row["_tok_ids"][:n])
-        starts = np.asarray(row["_starts"][:n])
-        ends = np.asarray(row["_ends"][:n])
-        token_strs = self.tokenizer.convert_ids_to_tokens(token_ids.tolist())
+        tokens = self.document_tokens(batch, "probs", self.num_labels)
+        probs = tokens.values
         if self.granularity == "token":
-            starts, ends = surface_offsets(row[C.TEXT], starts, ends)
+            starts, ends = surface_offsets(tokens.starts, tokens.ends)
             best = probs.argmax(axis=1)
-            return [
-                {"id": row[C.ID], "token_index": i, "token": token_strs[i], "start": int(starts[i]), "end": int(ends[i]),
-                 "label": self.id2label[int(best[i])], "score": float(probs[i, best[i]])}
-                for i in range(n)
-            ]
-        entities = aggregate_entities(
-            row[C.TEXT], token_strs, token_ids, starts, ends, probs, self.id2label,
-            self.options.aggregation_strategy, list(self.options.ignore_labels), self.subword_prefix, self.unk_token_id,
+            return Produced(tokens.document, {
+                "token_index": pa.array(tokens.index, pa.int32()), "token": self.token_strings(tokens.token_ids),
+                "start": pa.array(starts, pa.int32()), "end": pa.array(ends, pa.int32()),
+                "label": self.label_strings.take(pa.array(best)), "score": pa.array(probs[np.arange(len(best)), best]),
+            })
+        texts = column(batch, C.TEXT).to_pylist()
+        found = aggregate_batch(
+            texts, self.token_lengths()[tokens.token_ids], tokens.token_ids, tokens.starts, tokens.ends, probs,
+            tokens.doc_offsets, self.id2label, self.options.aggregation_strategy, list(self.options.ignore_labels),
+            self.subword_prefix, self.unk_token_id,
         )
-        return [{"id": row[C.ID], "entities": [
-            {"entity_group": e["entity_group"], "score": float(e["score"]), "word": e["word"],
-             "start": int(e["start"]), "end": int(e["end"])} for e in entities]}]
+        entities = pa.StructArray.from_arrays(
+            [pa.array(found.names, pa.string()).take(pa.array(found.name)), pa.array(found.score.astype(np.float32)),
+             pa.array(found.words(texts), pa.string()), pa.array(found.start, pa.int32()), pa.array(found.end, pa.int32())],
+            fields=list(ENTITY),
+        )
+        per_doc = np.bincount(found.document, minlength=batch.num_rows)
+        return Produced(np.arange(batch.num_rows, dtype=np.int64), {"entities": list_array(entities, offsets_of(per_doc))})
+
+    def token_lengths(self) -> np.ndarray:
+        """Length (code points) of every vocabulary token's string, for the sub-word rule."""
+        if self._token_lengths is None:
+            self._token_lengths = pc.fill_null(pc.utf8_length(self.vocabulary()), 0).to_numpy().astype(np.int64)
+        return self._token_lengths

