@@ -9,6 +9,7 @@ one-run-at-a-time lease.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -27,7 +28,8 @@ from pipeline.output import OutputDir, StorageFailed
 from pipeline.progress import Display, RowTotal, Snapshot
 from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import (
-    InputError, ShardReader, ShardUnreadable, count_rows, list_shards, probe_id_type, reader_columns, shard_columns,
+    InputError, Piece, ShardReader, ShardUnreadable, count_rows, list_shards, plan_pieces, probe_id_type,
+    reader_columns, shard_columns,
 )
 from pipeline.spec import SpecError, pool_bounds
 from pipeline.storage import protocol_of, strip_protocol
@@ -290,33 +292,39 @@ def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh
 
 
 class ReadLedger:
-    """Rows each shard held once its reader finished, and the shards that could not be read: the
-    driver needs both to know when a shard is complete (a Ray actor; see `_process`)."""
+    """Rows each shard held once all its read tasks finished, and the shards that could not be read:
+    the driver needs both to know when a shard is complete (a Ray actor; see `_process`). A shard read
+    in several pieces counts once every piece has reported; a retried task reports its piece again."""
 
-    def __init__(self):
-        self.rows: dict[int, int] = {}
+    def __init__(self, pieces: dict[int, int] | None = None):
+        self.pieces = pieces or {}  # shard index -> read tasks (1 unless split)
+        self.read_rows: dict[int, dict[int, int]] = {}  # shard -> part -> rows
         self.failed: dict[int, str] = {}
 
-    def read(self, shard: int, rows: int) -> None:
-        self.rows[shard] = rows
+    def read(self, shard: int, rows: int, part: int = 0) -> None:
+        self.read_rows.setdefault(shard, {})[part] = rows
 
     def unreadable(self, shard: int, reason: str) -> None:
         self.failed[shard] = reason
 
     def snapshot(self) -> tuple[dict[int, int], dict[int, str]]:
-        return dict(self.rows), dict(self.failed)
+        done = {shard: sum(parts.values()) for shard, parts in self.read_rows.items()
+                if len(parts) == self.pieces.get(shard, 1)}
+        return done, dict(self.failed)
 
 
-def _read_shards(batch: dict, *, shards, columns, optional, id_column, id_type, storage, ledger, meter, limits):
+def _read_shards(batch: dict, *, shards, pieces, columns, optional, id_column, id_type, storage, ledger, meter,
+                 limits):
     import ray
 
     reader = ShardReader(columns, id_column, storage, optional, id_type)
-    for index in batch["shard"]:
-        shard = shards[int(index)]
-        cap = limits.get(shard.key)
+    for index in batch["piece"]:
+        piece = pieces[int(index)]
+        shard = shards[piece.shard]
+        cap = limits.get(shard.key)  # a limited shard is one piece
         rows = 0
         try:
-            tables = reader.read(shard)
+            tables = reader.read(shard, piece)
             while cap is None or rows < cap:
                 t0 = time.perf_counter()
                 table = next(tables, None)
@@ -331,7 +339,7 @@ def _read_shards(batch: dict, *, shards, columns, optional, id_column, id_type, 
         except ShardUnreadable as e:
             ray.get(ledger.unreadable.remote(shard.index, str(e)))
         else:
-            ray.get(ledger.read.remote(shard.index, rows))
+            ray.get(ledger.read.remote(shard.index, rows, piece.part))
 
 
 def _write_parts(batch: pa.Table, *, writer: WriteParts, meter) -> pa.Table:
@@ -381,16 +389,20 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
 
-    ledger = ray.remote(num_cpus=0)(ReadLedger).remote()
+    split = int(spec.input.split_mb * 1e6) if spec.input.split_mb else None
+    pieces = plan_pieces(todo, spec.storage, split, frozenset(limits)) if split else [Piece(s.index, 0) for s in todo]
+    per_shard = collections.Counter(p.shard for p in pieces)
+    ledger = ray.remote(num_cpus=0)(ReadLedger).remote(dict(per_shard))
     meter = ray.remote(num_cpus=0)(StageMeter).remote(started_at=time.time())
     columns, optional = reader_columns(spec)
-    read = functools.partial(_read_shards, shards={s.index: s for s in shards}, columns=columns, optional=optional,
+    read = functools.partial(_read_shards, shards={s.index: s for s in shards}, pieces=pieces, columns=columns,
+                             optional=optional,
                              id_column=spec.input.id_column, storage=spec.storage, ledger=ledger, meter=meter,
                              limits=limits, id_type=probe_id_type(shards, spec.input.id_column, spec.storage))
     write = functools.partial(_write_parts, writer=WriteParts(output, {s.index: s.key for s in todo}), meter=meter)
     cpu_nodes = res.cpu_stage_resources
     # One loop over the stage descriptions: read -> the head's stages (as pipeline.apply) -> write.
-    ds = ray.data.from_items([{"shard": s.index} for s in todo], override_num_blocks=len(todo))
+    ds = ray.data.from_items([{"piece": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
     ds = compose(ds, [
         Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy"),
         *stages,

@@ -1,8 +1,10 @@
 """Reading input shards into rows: Parquet and JSONL (gzip, bz2, zstd too), local or `s3://`.
 
 Shards are listed on the driver (so `validate` can say the input is unreachable, or holds files of
-unknown format, before anything runs), then each shard is read by one task. Reading per shard keeps
-each row's place in its shard, which gives stable ids when the input has none, and lets a bad JSON line
+unknown format, before anything runs), then each shard is read by one task, or a large Parquet shard
+by several, each a range of whole row groups (`plan_pieces`). Reading by shard (or by row group, whose
+first row's place the footer gives) keeps each row's place in its shard, which gives stable ids when
+the input has none, and lets a bad JSON line
 become one error row instead of failing the whole file (pyarrow's JSON reader fails a file on one
 mistyped value). Rows that cannot be processed (bad id, null / empty / non-string text) are marked here
 with a reason and travel on as error rows; nothing is dropped. A file that cannot be read at all raises
@@ -38,6 +40,17 @@ CARRY_PREFIX = "_carry:"
 
 DATA_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}  # fsspec names
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one read task reads: a whole shard, or row groups [first, end) of a Parquet shard, whose
+    rows are numbered from `row0` (the rows of the row groups before them)."""
+
+    shard: int  # Shard.index
+    part: int  # 0, 1, ... within the shard
+    row_groups: tuple[int, int] | None = None  # None: the whole shard
+    row0: int = 0
 
 
 class InputError(ValueError):
@@ -274,6 +287,44 @@ def count_rows(shard: Shard, storage=None, patient: bool = True) -> int:
         return rows + (1 if tail.strip() else 0)
 
 
+def plan_pieces(shards: list[Shard], storage, split_bytes: int, whole: frozenset[str] = frozenset()) -> list[Piece]:
+    """The read tasks for `shards`: one per shard, except a Parquet shard larger than `split_bytes`,
+    which gets one per run of whole row groups of about `split_bytes` (from its footer, read here on
+    the driver). Shards in `whole` (by key) are read whole; so is one whose footer cannot be read (the
+    reader then reports it)."""
+    big = [s for s in shards if s.format == "parquet" and s.key not in whole
+           and int(s.identity.get("size") or 0) > split_bytes]
+    with ThreadPoolExecutor(PROBE_THREADS) as pool:
+        groups = dict(zip((s.index for s in big), pool.map(lambda s: _row_groups(s, storage), big)))
+    pieces = []
+    for shard in shards:
+        sizes = groups.get(shard.index)
+        if not sizes or len(sizes) == 1:
+            pieces.append(Piece(shard.index, 0))
+            continue
+        first, row0, rows, size, part = 0, 0, 0, 0, 0
+        for g, (n_rows, n_bytes) in enumerate(sizes):
+            rows, size = rows + n_rows, size + n_bytes
+            if size >= split_bytes or g == len(sizes) - 1:
+                pieces.append(Piece(shard.index, part, (first, g + 1), row0))
+                first, row0, rows, size, part = g + 1, row0 + rows, 0, 0, part + 1
+    return pieces
+
+
+def _row_groups(shard: Shard, storage) -> list[tuple[int, int]] | None:
+    """(rows, compressed bytes) of each row group, or None when the footer cannot be read."""
+    try:
+        with _open(shard, storage) as f:
+            meta = _parquet_file(f, shard).metadata
+    except ShardUnreadable:
+        return None
+    out = []
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        out.append((rg.num_rows, sum(rg.column(c).total_compressed_size for c in range(rg.num_columns))))
+    return out
+
+
 def shard_columns(shard: Shard, storage=None, objects: int = 1) -> list[str]:
     """The shard's column names: the Parquet schema's, or the keys of its first `objects` JSON objects
     (in the order they first appear; a JSON key may be missing from some rows)."""
@@ -316,15 +367,16 @@ class ShardReader:
         # None keeps each batch's own type (in-process use).
         self.id_type = id_type
 
-    def read(self, shard: Shard) -> Iterator[pa.Table]:
-        """Batches of the shard's rows; raises ShardUnreadable when the file cannot be read to its end."""
+    def read(self, shard: Shard, piece: Piece | None = None) -> Iterator[pa.Table]:
+        """Batches of the shard's rows (of the piece's row groups only, when given); raises
+        ShardUnreadable when the file cannot be read to its end."""
         if shard.format == "parquet":
-            yield from self._read_parquet(shard)
+            yield from self._read_parquet(shard, piece)
         else:
             yield from self._read_jsonl(shard)
 
     # -- parquet ---------------------------------------------------------------------------------
-    def _read_parquet(self, shard: Shard) -> Iterator[pa.Table]:
+    def _read_parquet(self, shard: Shard, piece: Piece | None = None) -> Iterator[pa.Table]:
         with _open(shard, self.storage) as f:
             pf = _parquet_file(f, shard)
             names = set(pf.schema_arrow.names)
@@ -333,8 +385,9 @@ class ShardReader:
             has_id = self.id_column in names
             wanted = sorted({u for u in [*self.columns.values(), *self.carry.values()] if u in names}
                             | ({self.id_column} if has_id else set()))
-            batches = pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted or None)
-            row0 = 0
+            groups = None if piece is None or piece.row_groups is None else list(range(*piece.row_groups))
+            batches = pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=wanted or None, row_groups=groups)
+            row0 = piece.row0 if groups is not None else 0
             while True:
                 try:
                     batch = next(batches, None)

@@ -46,6 +46,13 @@ class InputSpec(_Strict):
     )
     question_column: str = Field("question", description="Question column (question-answering head).")
     context_column: str = Field("context", description="Context column (question-answering head).")
+    split_mb: float | None = Field(
+        256,
+        gt=0,
+        description="A Parquet shard larger than this many MB is read by several tasks at once, each a run of whole "
+        "row groups of about this size (a file written as one row group is read whole); rows keep their place and "
+        "stable ids. null reads every shard with one task.",
+    )
 
 
 HeadName = Literal[tuple(entry.name for entry in HEADS)]  # model.head: a registered head
