@@ -33,7 +33,9 @@ def test_apply_adds_the_heads_columns_and_carries_the_others(tiny_ner_dir, ray_s
 
     spec = {"model": {"path": tiny_ner_dir, "head": "token-classification"},
             "head": {"aggregation_strategy": "simple", "ignore_labels": []},
-            "resources": {"cpus_per_actor": 0.5}}
+            # Autoscaling pools (Ray Data's min/max actor pools) run the same stages.
+            "resources": {"cpus_per_actor": 0.5, "model_actors": {"min": 1, "max": 2},
+                          "tokenize_actors": {"min": 1, "max": 2}}}
     out = pipeline.apply(_dataset(ray_session), spec)
     rows = sorted(out.take_all(), key=lambda r: r["day"])
 
