@@ -48,9 +48,11 @@ def _with_errors(batch: pa.Table, errors: list) -> pa.Table:
     return batch.set_column(idx, C.ERROR, pa.array(errors, type=pa.string()))
 
 
-def _head_columns(batch: pa.Table) -> pa.Table:
-    """The batch without the carried input columns (output.columns), which no head reads."""
-    return batch.select([n for n in batch.schema.names if not is_carry_key(n)])
+def _good_rows(batch: pa.Table, good: np.ndarray) -> pa.Table:
+    """The rows `good` of the batch, without the carried input columns (output.columns), which no head
+    reads. Usually every row is good: then nothing is copied."""
+    batch = batch.select([n for n in batch.schema.names if not is_carry_key(n)])
+    return batch if len(good) == batch.num_rows else batch.take(good)
 
 
 class Tokenize:
@@ -63,7 +65,7 @@ class Tokenize:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         good = np.flatnonzero(column(batch, C.ERROR).is_null().to_numpy(zero_copy_only=False))
-        columns, failed = self.head.encode_table(_head_columns(batch).take(good)) if len(good) else ({}, {})
+        columns, failed = self.head.encode_table(_good_rows(batch, good)) if len(good) else ({}, {})
         # Each batch row's place among the encoded rows; null (-> null values) for error rows.
         place = np.full(n, -1, dtype=np.int64)
         place[good] = np.arange(len(good))
@@ -113,7 +115,7 @@ class Postprocess:
         errors = column(batch, C.ERROR).to_pylist()
         good = np.asarray([d for d, e in enumerate(errors) if e is None], dtype=np.int64)
         if len(good):
-            produced = self.head.postprocess_table(_head_columns(batch).take(good))
+            produced = self.head.postprocess_table(_good_rows(batch, good))
         else:
             produced = Produced(np.zeros(0, np.int64), {f.name: pa.nulls(0, f.type) for f in schema if f.name != C.ID})
         document = good[produced.document]
@@ -131,18 +133,20 @@ class Postprocess:
             keep = np.flatnonzero(~is_failed[document])
             document = document[keep]
             produced.columns = {k: v.take(pa.array(keep)) for k, v in produced.columns.items()}
-        order = np.argsort(np.concatenate([document, failed]), kind="stable")
-        document = np.concatenate([document, failed])[order]
-        take = pa.array(order)
+        # Error rows go between the others, at their documents' places.
+        order = np.argsort(np.concatenate([document, failed]), kind="stable") if len(failed) else None
+        document = np.concatenate([document, failed])[order] if len(failed) else document
+        rows = pa.array(document)
         arrays = []
         for f in schema:
             if f.name == C.ID:
-                arrays.append(column(batch, C.ID).take(pa.array(document)))
+                arrays.append(column(batch, C.ID).take(rows))
+            elif order is None:
+                arrays.append(produced.columns[f.name].cast(f.type))
             else:
                 values = pa.concat_arrays([produced.columns[f.name].cast(f.type), pa.nulls(len(failed), f.type)])
-                arrays.append(values.take(take))
+                arrays.append(values.take(pa.array(order)))
         table = pa.Table.from_arrays(arrays, schema=schema)
-        rows = pa.array(document)
         if self.carried:
             for i, name in enumerate(self.carried):
                 col = batch.column(carry_key(name)).take(rows)
