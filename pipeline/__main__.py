@@ -1,4 +1,4 @@
-"""CLI: `bert-batch run SPEC.yaml` (or `python -m pipeline run ...`), `validate`, `spec-reference`.
+"""CLI: `bert-batch run SPEC.yaml` (or `python -m pipeline run ...`), `validate`, `plan`, `spec-reference`.
 
 Exit codes: 0 complete; 1 the job did not finish (some shards not done: a rerun resumes them);
 2 a bad spec, input or model found before any work.
@@ -26,12 +26,14 @@ examples:
   %(prog)s run jobs/laptop.yaml --fresh        # redo everything (after retraining the model)
   %(prog)s validate jobs/laptop.yaml           # check spec, input, output and model; run nothing
   %(prog)s run jobs/laptop.yaml | jq .rows_written   # stdout carries only the summary JSON
+  %(prog)s plan jobs/ner_extraction.yaml --tokens 2e9 --hours 8 --from out/laptop   # size a cluster
 
 exit codes:
   0  complete: every shard done, _SUMMARY.json and _SUCCESS written (a --limit run: its rows done)
   1  not finished: a shard could not be read or written, too many error rows, storage failed, or
      another run holds the output; rerun the same command to resume
   2  a bad spec, input, output or model, found before any work
+  plan: 0 the plan is printed (whatever limit comes first); 2 a bad spec, summary or argument
 
 Progress goes to stderr (a live bar on a terminal, a line every few seconds otherwise); errors are
 one sentence naming the field or file and what to do; --debug shows the traceback.
@@ -48,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "shards in, Parquet predictions out.", epilog=EPILOG % {"prog": prog},
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,spec-reference}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,validate,plan,spec-reference}")
     for name, help_text in (("run", "run the job (resumes by default)"),
                             ("validate", "check spec, input, output and model without running")):
         s = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG % {"prog": prog},
@@ -64,8 +66,45 @@ def _parser() -> argparse.ArgumentParser:
                            help="run only the first N rows of the input, end to end (a dry run; no _SUCCESS)")
             s.add_argument("--verbose", "-v", action="store_true",
                            help="also show Ray's and the workers' own logs (on stderr)")
+    _plan_parser(sub, prog)
     sub.add_parser("spec-reference", help="print the spec reference (Markdown)")
     return p
+
+
+def _plan_parser(sub, prog: str) -> None:
+    help_text = "size a cluster on paper: CPU cores and GPUs for N tokens in H hours, and the first limit"
+    s = sub.add_parser("plan", help=help_text, description=help_text + " (see README, Sizing a cluster)",
+                       epilog=EPILOG % {"prog": prog}, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("spec", help="job spec (YAML)")
+    s.add_argument("--tokens", type=_amount, required=True, metavar="N",
+                   help="tokens in the corpus (window tokens, as the summary counts them): 2e9, 2000000000, 500M, 2G")
+    s.add_argument("--hours", type=_amount, required=True, metavar="H", help="hours the run may take")
+    s.add_argument("--from", dest="summary", metavar="OUTPUT",
+                   help="a previous run's output folder or _SUMMARY.json (local or s3://) for the rates; "
+                        "default: the rates documented in pipeline/plan.py")
+    s.add_argument("--shards", type=_positive, metavar="N",
+                   help="input shards of the corpus (default: the summary's documents per shard, else 100,000)")
+    s.add_argument("--object-store-gib", type=_amount, metavar="G",
+                   help="the cluster's Ray object store (default: 30%% of a 64 GiB node per model actor)")
+    s.add_argument("--json", action="store_true", help="print the plan as JSON")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set resources.gpus_per_actor=1")
+
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12}
+
+
+def _amount(text: str) -> float:
+    """A positive number: 2e9, 2_000_000_000, 1.5, or with a suffix k, M, G (or B), T."""
+    value = text.strip().replace("_", "").replace(",", "")
+    scale = _SUFFIXES.get(value[-1:].lower(), 1) if value else 1
+    try:
+        n = float(value[:-1] if scale != 1 else value) * scale
+    except ValueError:
+        n = 0
+    if not n > 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number such as 2e9 or 500M (got {text!r})")
+    return n
 
 
 def _positive(text: str) -> int:
@@ -150,11 +189,34 @@ def main(argv: list[str] | None = None) -> int:
 
         print(spec_reference())
         return 0
+    if args.command == "plan":
+        return _plan(args)
     with _stdout_to_stderr(verbose):
         code, result = _command(args, verbose)
     if result is not None:
         print(result, flush=True)
     return code
+
+
+def _plan(args) -> int:
+    """Arithmetic only (no Ray, no model): what `plan` prints goes straight to stdout."""
+    from pipeline.plan import PlanError, default_rates, format_plan, load_summary, model_config, plan, rates_from_summary
+    from pipeline.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec, args.overrides)
+        if args.summary:
+            summary, where = load_summary(args.summary, spec.storage)
+            rates = rates_from_summary(summary, spec, where)
+        else:
+            rates = default_rates(spec)
+        result = plan(spec, args.tokens, args.hours, rates, config=model_config(spec), shards=args.shards,
+                      object_store_gib=args.object_store_gib)
+    except (SpecError, PlanError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
 
 
 def _command(args, verbose: bool) -> tuple[int, str | None]:

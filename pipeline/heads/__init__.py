@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Callable
 
 from pipeline.heads.options import (
     EmbeddingHead,
@@ -24,6 +25,45 @@ from pipeline.heads.options import (
 DEFAULT_MAX_LENGTH = 512
 
 
+# What a head's forward pass keeps, in float32-sized values per window token, from the checkpoint's
+# config.json (a dict; {} when unread: BERT-base's sizes), the granularity and the tokens per window:
+# pipeline/plan.py sizes the object store with it. A per-window output is spread over its tokens.
+ForwardValues = Callable[[dict, str, float], float]
+
+
+def _labels(config: dict) -> int:
+    return len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+
+
+def _hidden(config: dict) -> int:
+    return int(config.get("hidden_size") or config.get("dim") or 768)  # DistilBERT calls it dim
+
+
+def _one_value(config: dict, granularity: str, window_tokens: float) -> float:
+    return 1.0  # a head that does not say: about one value per token
+
+
+def _label_probs(config: dict, granularity: str, window_tokens: float) -> float:
+    return _labels(config)  # one probability per label and token
+
+
+def _window_logits(config: dict, granularity: str, window_tokens: float) -> float:
+    return _labels(config) / window_tokens  # one logit per label and window
+
+
+def _vectors(config: dict, granularity: str, window_tokens: float) -> float:
+    # A vector per token at token granularity, else one pooled vector per window.
+    return _hidden(config) if granularity == "token" else _hidden(config) / window_tokens
+
+
+def _mask_candidates(config: dict, granularity: str, window_tokens: float) -> float:
+    return 2 * 5 / window_tokens  # top-k ids and scores (head.top_k's default) for about one mask a window
+
+
+def _span_logits(config: dict, granularity: str, window_tokens: float) -> float:
+    return 2  # start and end logits per token
+
+
 @dataclass(frozen=True)
 class HeadEntry:
     name: str  # model.head
@@ -35,6 +75,7 @@ class HeadEntry:
     granularities: tuple[str, ...] = ("document",)  # output.granularity values it writes
     text_pairs: bool = False  # reads input.text_pair_column as a second segment
     aliases: tuple[str, ...] = ()  # other names people try for it (transformers' task names): error hints
+    forward_values: ForwardValues = _one_value  # sizing only (pipeline/plan.py)
 
     def __post_init__(self):
         kind = self.options.model_fields.get("kind")
@@ -48,23 +89,26 @@ HEADS: tuple[HeadEntry, ...] = (
     HeadEntry(
         "token-classification", "pipeline.heads.token_classification:TokenClassification", TokenClassificationHead,
         granularities=("document", "token"), aliases=("ner", "token_classification", "pos"),
+        forward_values=_label_probs,
     ),
     HeadEntry(
         "embedding", "pipeline.heads.embedding:Embedding", EmbeddingHead,
         max_length_note="for embedding, a sentence-transformers checkpoint's `max_seq_length` (its "
         "`sentence_bert_config.json`), else 512",
         granularities=("document", "token"), aliases=("feature-extraction", "embeddings", "sentence-similarity"),
+        forward_values=_vectors,
     ),
     HeadEntry(
         "sequence-classification", "pipeline.heads.sequence_classification:SequenceClassification",
         SequenceClassificationHead, text_pairs=True,
-        aliases=("text-classification", "sentiment-analysis", "classification"),
+        aliases=("text-classification", "sentiment-analysis", "classification"), forward_values=_window_logits,
     ),
-    HeadEntry("fill-mask", "pipeline.heads.fill_mask:FillMask", FillMaskHead, aliases=("masked-lm", "mlm")),
+    HeadEntry("fill-mask", "pipeline.heads.fill_mask:FillMask", FillMaskHead, aliases=("masked-lm", "mlm"),
+              forward_values=_mask_candidates),
     HeadEntry(
         "question-answering", "pipeline.heads.question_answering:QuestionAnswering", QuestionAnsweringHead,
         max_length=384, max_length_note="384 for question-answering (the window transformers' QA pipeline uses, "
-        "its `max_seq_len`)", aliases=("qa",),
+        "its `max_seq_len`)", aliases=("qa",), forward_values=_span_logits,
     ),
 )
 

@@ -77,6 +77,27 @@ def test_subprocess_good_spec_validates(tmp_path, docs, minilm_dir):
     assert not (tmp_path / "out").exists()  # validate writes nothing
 
 
+def test_subprocess_plan_sizes_a_cluster_from_a_summary_file(tmp_path, docs):
+    # The rates of a run: 100 tokens a document, one model actor does 1 M tokens/s, the CPU stages far more.
+    stages = {name: {"rows": 1000, "tokens": 100_000, "busy_seconds": 0.01, "rows_per_second": 100_000.0,
+                     "tokens_per_second": 10_000_000.0} for name in ("read", "tokenize", "postprocess", "write")}
+    stages["predict"] = {"rows": 1000, "tokens": 100_000, "busy_seconds": 0.1, "tokens_per_second": 1_000_000.0}
+    (tmp_path / "run").mkdir()
+    summary = tmp_path / "run" / "_SUMMARY.json"
+    summary.write_text(json.dumps({"rows_read": 1000, "rows_written": 1000, "output_rows": 1000, "tokens": 100_000,
+                                   "shards": 1, "stages": stages}))
+    spec = write_spec(tmp_path, {"input": {"path": str(docs)}, "model": {"path": "m", "head": "token-classification"},
+                                 "output": {"path": str(tmp_path / "out")}})
+    # 3.6e10 tokens in 2 h = 5 M tokens/s: 5 model actors, one GPU each.
+    proc = cli("plan", str(spec), "--tokens", "36G", "--hours", "2", "--from", str(summary),
+               "--set", "resources.gpus_per_actor=1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("36,000,000,000 tokens in 2 h: 5,000,000 tokens/s "), proc.stdout
+    assert "5 model actor(s), 5 GPU(s)" in proc.stdout
+    assert "first limit: GPUs; done in 2 h with the above" in proc.stdout
+    assert not (tmp_path / "out").exists()  # a plan is arithmetic: nothing runs, nothing is written
+
+
 # -- in-process -----------------------------------------------------------------------------------
 
 
@@ -292,3 +313,27 @@ def test_summary_json_is_readable_and_round_trips():
     text = _readable_json(summary)
     assert json.loads(text) == summary
     assert '"read": [0, 120, 80]' in text and '"k": [3]' in text
+
+
+@pytest.mark.parametrize("text, tokens", [("2e9", 2e9), ("2_000_000_000", 2e9), ("500M", 5e8), ("1.5B", 1.5e9),
+                                          ("20k", 2e4)])
+def test_plan_reads_token_counts_as_people_write_them(text, tokens, monkeypatch):
+    import pipeline.__main__ as cli_module
+
+    seen = {}
+
+    def plan_of(args):  # the parsed arguments only: the arithmetic has its own tests (test_plan.py)
+        seen["tokens"] = args.tokens
+        return 0
+
+    monkeypatch.setattr(cli_module, "_plan", plan_of)
+    assert main(["plan", "spec.yaml", "--tokens", text, "--hours", "1"]) == 0
+    assert seen["tokens"] == tokens
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "inf"])
+def test_plan_hours_must_be_a_positive_number(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "spec.yaml", "--tokens", "1e9", "--hours", value])
+    assert exit_.value.code == 2
+    assert "--hours" in capsys.readouterr().err

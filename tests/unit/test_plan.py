@@ -1,0 +1,174 @@
+"""Sizing on paper (pipeline/plan.py): the arithmetic on a hand-written summary, with round rates so that
+every figure can be checked by hand, and the limit named first moving as the inputs change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.__main__ import main
+from pipeline.plan import (
+    DEFAULT_MODEL_RATE_GPU, PlanError, default_rates, format_plan, load_summary, plan, rates_from_summary,
+)
+from pipeline.spec import spec_from_dict
+
+# 10 shards of 1,000 documents of 100 tokens. One worker's rates: read 10,000 documents/s (1 M
+# tokens/s), tokenize 500,000 tokens/s, predict 1 M, postprocess 250,000, write 5,000 documents/s
+# (500,000 tokens/s).
+SUMMARY = {
+    "status": "complete", "rows_read": 10_000, "rows_written": 10_000, "rows_errored": 0, "output_rows": 10_000,
+    "tokens": 1_000_000, "shards": 10,
+    "stages": {
+        "read": {"rows": 10_000, "tokens": None, "busy_seconds": 1.0, "batches": 10, "rows_per_second": 10_000.0,
+                 "tokens_per_second": None},
+        "tokenize": {"rows": 10_000, "tokens": 1_000_000, "busy_seconds": 2.0, "batches": 100,
+                     "rows_per_second": 5_000.0, "tokens_per_second": 500_000.0},
+        "predict": {"rows": 10_000, "tokens": 1_000_000, "busy_seconds": 1.0, "batches": 100,
+                    "rows_per_second": 10_000.0, "tokens_per_second": 1_000_000.0},
+        "postprocess": {"rows": 10_000, "tokens": 1_000_000, "busy_seconds": 4.0, "batches": 100,
+                        "rows_per_second": 2_500.0, "tokens_per_second": 250_000.0},
+        "write": {"rows": 10_000, "tokens": None, "busy_seconds": 2.0, "batches": 100, "rows_per_second": 5_000.0,
+                  "tokens_per_second": None},
+    },
+}
+TOKENS, HOURS = 3.6e10, 1.0  # 10 M tokens/s
+
+
+def job(rows_per_batch=100, rows_per_file=1000, head="token-classification", granularity="document", **paths):
+    return spec_from_dict({
+        "input": {"path": paths.get("input", "s3://corpus/shards/")},
+        "model": {"path": "models/x", "head": head},
+        "output": {"path": paths.get("output", "s3://results/x/"), "granularity": granularity,
+                   "rows_per_file": rows_per_file},
+        "resources": {"gpus_per_actor": 1},
+        "batching": {"rows_per_batch": rows_per_batch},
+    })
+
+
+def make_plan(spec, **kw):
+    return plan(spec, TOKENS, HOURS, rates_from_summary(SUMMARY, spec, "summary"), config={}, **kw)
+
+
+def ceiling(p, name):
+    return next(lim["ceiling_tokens_per_second"] for lim in p["limits"] if lim["limit"] == name)
+
+
+def test_workers_cores_and_gpus_from_one_workers_rates():
+    p = make_plan(job())
+    assert p["target_tokens_per_second"] == 10_000_000
+    assert p["tokens_per_document"] == 100
+    workers = {name: s["workers"] for name, s in p["stages"].items()}
+    assert workers == {"read": 10, "tokenize": 20, "predict": 10, "postprocess": 40, "write": 20, "finalize": 20}
+    # A CPU stage's cores are its busy core-seconds per second; finalisation costs what writing does.
+    assert p["cpu_stage_cores"] == 10 + 20 + 40 + 20 + 20
+    assert p["model_actors"] == 10 and p["gpus"] == 10 and p["model_actor_cpus"] == 10
+    assert p["cpu_cores"] == 110 + 10 + 1  # the CPU stages, one CPU per model actor, the driver
+    assert {p["stages"][s]["source"] for s in ("read", "tokenize", "predict", "postprocess", "write")} == {"measured"}
+
+
+def test_the_limits_ceilings():
+    p = make_plan(job(), object_store_gib=1.0)
+    assert ceiling(p, "driver") == 100 * 100 / 0.002  # a stats batch of 100 documents per 2 ms
+    # 100 shards/s; a shard: 10 parts, 1 file -> 14 PUT-class requests (parts, file, pending record, marker,
+    # one bulk DELETE) and 23 GET-class (a HEAD and a GET per part, 2 LISTs, the pending record's HEAD).
+    assert ceiling(p, "S3 writes, output prefix") == pytest.approx(10e6 * 3500 / 1400, abs=0.1)
+    assert ceiling(p, "S3 reads, output prefix") == pytest.approx(10e6 * 5500 / 2300, abs=0.1)
+    assert ceiling(p, "S3 reads, input prefix") == pytest.approx(10e6 * 5500 / 200, abs=0.1)
+    assert ceiling(p, "GPUs") == 10 * 1e6
+    # In flight: 3 batches of 10,000 tokens per worker of each stage, at these bytes a token of its input:
+    # tokenize 4 (text), predict 20 (text, encoding), postprocess 20 + 2 labels x 4, write 8 + 8 (rows).
+    in_flight = 3 * 10_000 * (20 * 4 + 10 * 20 + 40 * 28 + 20 * 16)
+    assert ceiling(p, "object store") == pytest.approx(10e6 * 0.5 * 2**30 / in_flight, abs=0.1)
+
+
+def test_the_first_limit_moves_with_the_inputs():
+    # Small batches: the driver tops out at 5 M tokens/s, below the 10 M target.
+    p = make_plan(job(rows_per_batch=100))
+    assert (p["first_limit"], p["meets_target"]) == ("driver", False)
+    # Ten times larger batches: the driver and S3 have room; the GPUs are what to add.
+    p = make_plan(job(rows_per_batch=1000))
+    assert (p["first_limit"], p["meets_target"]) == ("GPUs", True)
+    # Files of 10 rows: 100 files a shard, 10,400 PUTs/s on one prefix.
+    p = make_plan(job(rows_per_batch=1000, rows_per_file=10))
+    assert p["first_limit"] == "S3 writes, output prefix"
+    assert ceiling(p, "S3 writes, output prefix") == pytest.approx(10e6 * 3500 / 10_400, abs=0.1)
+    # A small object store under batches ten times larger.
+    p = make_plan(job(rows_per_batch=1000), object_store_gib=0.5)
+    assert p["first_limit"] == "object store" and not p["meets_target"]
+    # Local paths: no request limits.
+    p = make_plan(job(rows_per_batch=1000, input="data/", output="out/x"))
+    assert [lim["limit"] for lim in p["limits"]] == ["driver", "object store", "GPUs"]
+
+
+def detail(p, name):
+    return next(lim["detail"] for lim in p["limits"] if lim["limit"] == name)
+
+
+def test_per_token_vectors_weigh_on_the_object_store():
+    # Token embeddings carry a hidden-size vector per token through postprocess and write: with an
+    # unread config, BERT-base's 768 floats (20 + 4 x 768 bytes a token) overflow 64 GiB's budget.
+    spec = job(rows_per_batch=1000, head="embedding", granularity="token")
+    bert_base = make_plan(spec, object_store_gib=64)
+    assert "3,092 bytes/token into postprocess" in detail(bert_base, "object store")
+    assert bert_base["first_limit"] == "object store" and not bert_base["meets_target"]
+    # The checkpoint's own config.json: MiniLM's 384 floats fit.
+    minilm = plan(spec, TOKENS, HOURS, rates_from_summary(SUMMARY, spec, "summary"), config={"hidden_size": 384},
+                  object_store_gib=64)
+    assert "1,556 bytes/token into postprocess" in detail(minilm, "object store")
+    assert minilm["first_limit"] == "GPUs"
+
+
+def test_without_a_summary_the_documented_defaults():
+    spec = job(rows_per_batch=1000)
+    p = plan(spec, TOKENS, HOURS, default_rates(spec), config={})
+    assert p["stages"]["predict"] == {"tokens_per_second": DEFAULT_MODEL_RATE_GPU, "source": "default",
+                                      "workers": 10}
+    assert p["rates_from"] == "defaults (pipeline/plan.py)"
+
+
+def test_a_stage_the_summary_did_not_measure_takes_the_default():
+    spec = job()
+    summary = {**SUMMARY, "stages": {**SUMMARY["stages"], "write": {"rows": 0, "busy_seconds": 0.0,
+                                                                     "rows_per_second": None}}}
+    rates = rates_from_summary(summary, spec, "summary")
+    assert rates.sources["write"] == "default" and rates.sources["read"] == "measured"
+
+
+def test_the_table_names_the_first_limit_and_its_fix():
+    text = format_plan(make_plan(job()))
+    assert "first limit: driver, below the target: at most 5,000,000 tokens/s, 2.00 h" in text
+    assert "raise batching.rows_per_batch" in text
+    assert "need: 121 CPU cores" in text and "10 GPU(s)" in text
+
+
+def test_a_summary_is_read_from_its_folder_or_file(tmp_path):
+    (tmp_path / "_SUMMARY.json").write_text(json.dumps(SUMMARY))
+    assert load_summary(str(tmp_path))[0] == SUMMARY
+    assert load_summary(str(tmp_path / "_SUMMARY.json")) == (SUMMARY, str(tmp_path / "_SUMMARY.json"))
+    with pytest.raises(PlanError, match="no .*_SUMMARY.json .*give a complete run's output folder"):
+        load_summary(str(tmp_path / "elsewhere"))
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(PlanError, match="has no `stages`"):
+        load_summary(str(tmp_path / "other.json"))
+
+
+def test_the_cli_prints_the_plan_as_json(tmp_path, capsys):
+    (tmp_path / "_SUMMARY.json").write_text(json.dumps(SUMMARY))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"input": {"path": "s3://corpus/shards/"}, "model": {"path": str(tmp_path / "m"),
+                                "head": "token-classification"}, "output": {"path": "s3://results/x/", "rows_per_file": 1000},
+                                "resources": {"gpus_per_actor": 1}, "batching": {"rows_per_batch": 100}}))
+    assert main(["plan", str(spec), "--tokens", "36G", "--hours", "1", "--from", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == make_plan(job()) | {"rates_from": str(tmp_path / "_SUMMARY.json")}
+
+
+def test_the_cli_refuses_a_missing_summary_in_one_line(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"input": {"path": "data/"}, "model": {"path": "m", "head": "embedding"},
+                                "output": {"path": "out/x"}}))
+    assert main(["plan", str(spec), "--tokens", "1e9", "--hours", "2", "--from", str(tmp_path / "none")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: --from: no ") and captured.err.count("\n") == 1
