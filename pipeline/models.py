@@ -8,12 +8,15 @@ initialised head, or none at all).
 from __future__ import annotations
 
 import difflib
+import fcntl
 import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
+import time
 import uuid
 import warnings
 from pathlib import Path, PurePosixPath
@@ -97,26 +100,56 @@ def resolve_model_dir(path: str, storage=None) -> str:
     if not files:
         raise ModelError(f"model.path: no files under {path}")
     target = CACHE_ROOT / revision
-    done = target / ".complete"
-    if done.exists():
+    if (target / COMPLETE).exists():
         return str(target)
-    # Every copier (Ray actors are processes; threads share a pid) gets its own folder, and publishes it
-    # with one atomic rename: a folder named `revision` is always a complete copy.
-    tmp = CACHE_ROOT / f"{revision}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    _refuse_escapes(files, tmp, path)
+    return _copy_once(fs, files, path, revision)
+
+
+COMPLETE = ".complete"  # in a cache folder: the copy is whole (written last, before the folder is published)
+COPIES_LOG = "copies.jsonl"  # in the cache: one line per copy this machine made (what, how big, how long)
+
+
+def _copy_once(fs, files: dict, path: str, revision: str) -> str:
+    """Copy the objects into CACHE_ROOT/<revision>, once per machine however many processes ask at once.
+
+    The model actors of one node start together, and each would copy gigabytes of weights: a lock file
+    per revision (flock, which the kernel releases when its holder exits or is killed) lets one copy
+    while the others wait, then use its folder. The copy goes to a temporary folder published by one
+    atomic rename, so a folder named after the revision is always complete; the lock holder first
+    removes what a copier killed half-way left behind."""
+    target = CACHE_ROOT / revision
+    _refuse_escapes(files, CACHE_ROOT / f"{revision}.tmp", path)  # before anything is written
     try:
-        for rel, key in files.items():
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fs.get(key, str(dest))
-        (tmp / ".complete").touch()
-        tmp.rename(target)
-    except Exception as e:  # noqa: BLE001 - botocore errors are not OSErrors
-        if not done.exists():
+        CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+        lock = open(CACHE_ROOT / f"{revision}.lock", "a")
+    except OSError as e:
+        raise ModelError(f"model.path: cannot use the model cache {CACHE_ROOT} ({_cause(e)}); set "
+                         "PIPELINE_MODEL_CACHE to a writable folder") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / COMPLETE).exists():  # copied by the process that held the lock before us
+            return str(target)
+        for leftover in CACHE_ROOT.glob(f"{revision}.tmp*"):  # no one copies into them now: we hold the lock
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = CACHE_ROOT / f"{revision}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        started = time.monotonic()
+        try:
+            for rel, key in files.items():
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                fs.get(key, str(dest))
+            (tmp / COMPLETE).touch()
+            tmp.rename(target)
+        except Exception as e:  # noqa: BLE001 - botocore errors are not OSErrors
+            shutil.rmtree(tmp, ignore_errors=True)
             raise ModelError(f"model.path: cannot copy {path} into the model cache {CACHE_ROOT} ({_cause(e)})") from None
-        # else another process on this machine renamed its copy first: use theirs.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        seconds = time.monotonic() - started
+        size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+        record = {"path": path, "revision": revision, "files": len(files), "bytes": size,
+                  "seconds": round(seconds, 3), "pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}
+        with open(CACHE_ROOT / COPIES_LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("model.path: copied %s (%d files, %d bytes) into %s in %.1fs", path, len(files), size, target, seconds)
     return str(target)
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
@@ -98,39 +96,140 @@ def test_new_weights_at_the_same_prefix_get_a_new_cache_folder(s3fs_client, s3_e
     assert model_identity(f"s3://{prefix}", storage)["revision"] == second.name != identity["revision"]
 
 
-def test_concurrent_copies_on_one_machine_both_end_complete(s3fs_client, s3_endpoint, prefix, bert_a, monkeypatch):
-    """Two copiers that both find no cache folder: each copies into its own folder, one publishes it, the
-    other uses it. A barrier on the first download makes the copies really overlap."""
-    storage = StorageSpec(endpoint_url=s3_endpoint)
-    _upload(s3fs_client, bert_a, prefix)
-    both_copying = threading.Barrier(2, timeout=30)
-    real_filesystem_for = models.filesystem_for
+# -- several processes on one machine (Ray actors are processes) -------------------------------------
+
+DOWNLOAD_S = 0.3  # per object: long enough that the other processes arrive while the copy runs
+
+
+def _resolve_in_child(prefix, endpoint, start, gets, results, stall=None):
+    """A copier process: waits at `start` (a Barrier, so that all resolve at once), resolves the model
+    with every download counted in `gets` and slowed down; with `stall` (an Event) it sets it after its
+    first download and hangs there, to be killed half-way."""
+    import time
+
+    real = models.filesystem_for
 
     def filesystem_for(path, storage=None):
-        fs = real_filesystem_for(path, storage)
+        fs = real(path, storage)
         get = fs.get
-        waited = []
 
-        def get_once_both_started(*args, **kwargs):
-            if not waited:
-                waited.append(True)
-                both_copying.wait()
-            return get(*args, **kwargs)
+        def counted_get(*args, **kwargs):
+            with gets.get_lock():
+                gets.value += 1
+            time.sleep(DOWNLOAD_S)
+            out = get(*args, **kwargs)
+            if stall is not None:
+                stall.set()
+                time.sleep(3600)
+            return out
 
-        fs.get = get_once_both_started
+        fs.get = counted_get
         return fs
 
-    monkeypatch.setattr(models, "filesystem_for", filesystem_for)
-    with ThreadPoolExecutor(2) as pool:
-        dirs = list(pool.map(lambda _: resolve_model_dir(f"s3://{prefix}", storage), range(2)))
+    models.filesystem_for = filesystem_for
+    start.wait(timeout=60)
+    try:
+        results.put(resolve_model_dir(f"s3://{prefix}", StorageSpec(endpoint_url=endpoint)))
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+        results.put(f"error: {e!r}")
 
-    assert dirs[0] == dirs[1]
+
+def _copies(revision: str) -> list[dict]:
+    import json
+
+    log = models.CACHE_ROOT / models.COPIES_LOG
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [r for r in map(json.loads, lines) if r["revision"] == revision]
+
+
+def _assert_complete_copy(folder: Path, source: Path) -> None:
+    assert folder.parent == models.CACHE_ROOT and (folder / ".complete").exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([".complete", *(p.name for p in source.iterdir())])
+    for f in source.iterdir():
+        assert (folder / f.name).read_bytes() == f.read_bytes()
+
+
+def test_processes_resolving_at_once_copy_once_and_share_the_folder(s3fs_client, s3_endpoint, prefix, bert_a):
+    """Four processes (as four model actors starting on one node) ask for the same s3:// model at the
+    same moment: one downloads it, the others wait for its folder; every object is fetched once."""
+    import multiprocessing
+
+    _upload(s3fs_client, bert_a, prefix)
+    n_files = len(list(bert_a.iterdir()))
+    revision = model_identity(f"s3://{prefix}", StorageSpec(endpoint_url=s3_endpoint))["revision"]
+    mp = multiprocessing.get_context("fork")  # the children inherit the model cache and the credentials
+    start, gets, results = mp.Barrier(4), mp.Value("i", 0), mp.Queue()
+    procs = [mp.Process(target=_resolve_in_child, args=(prefix, s3_endpoint, start, gets, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    dirs = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+
+    assert len(set(dirs)) == 1, dirs
     target = Path(dirs[0])
-    assert target.parent == models.CACHE_ROOT and (target / ".complete").exists()
-    assert sorted(p.name for p in target.iterdir()) == sorted([".complete", *(p.name for p in bert_a.iterdir())])
-    for f in bert_a.iterdir():
-        assert (target / f.name).read_bytes() == f.read_bytes()
-    assert [p.name for p in models.CACHE_ROOT.glob(f"{target.name}.tmp*")] == []  # the loser cleaned up
+    assert target.name == revision
+    _assert_complete_copy(target, bert_a)
+    assert gets.value == n_files  # one copy: four copiers would fetch every object four times
+    [copy] = _copies(revision)
+    assert copy["files"] == n_files and copy["path"] == f"s3://{prefix}"
+    assert list(models.CACHE_ROOT.glob(f"{revision}.tmp*")) == []
+
+
+def test_a_copier_killed_half_way_leaves_no_broken_cache(s3fs_client, s3_endpoint, prefix, bert_a):
+    """The process copying is killed after its first object, with two more waiting for it: they take
+    over, the half-made folder is removed, and the cache ends with one complete copy."""
+    import multiprocessing
+    import signal
+
+    _upload(s3fs_client, bert_a, prefix)
+    n_files = len(list(bert_a.iterdir()))
+    revision = model_identity(f"s3://{prefix}", StorageSpec(endpoint_url=s3_endpoint))["revision"]
+    mp = multiprocessing.get_context("fork")
+    gets, results, stalled = mp.Value("i", 0), mp.Queue(), mp.Event()
+    doomed = mp.Process(target=_resolve_in_child,
+                        args=(prefix, s3_endpoint, mp.Barrier(1), mp.Value("i", 0), results, stalled))
+    doomed.start()
+    assert stalled.wait(timeout=60)
+    [half_made] = models.CACHE_ROOT.glob(f"{revision}.tmp*")
+    assert not (half_made / ".complete").exists() and not (models.CACHE_ROOT / revision).exists()
+
+    start = mp.Barrier(2)
+    waiters = [mp.Process(target=_resolve_in_child, args=(prefix, s3_endpoint, start, gets, results))
+               for _ in range(2)]
+    for p in waiters:
+        p.start()
+    import time
+
+    time.sleep(1.0)  # the waiters are blocked on the lock the doomed copier holds
+    assert gets.value == 0 and results.empty()
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.join(timeout=30)
+    dirs = [results.get(timeout=120) for _ in waiters]
+    for p in waiters:
+        p.join(timeout=30)
+
+    assert dirs == [str(models.CACHE_ROOT / revision)] * 2, dirs
+    _assert_complete_copy(Path(dirs[0]), bert_a)
+    assert gets.value == n_files  # one of the waiters copied, the other used its folder
+    assert not half_made.exists() and list(models.CACHE_ROOT.glob(f"{revision}.tmp*")) == []
+    assert len(_copies(revision)) == 1  # the killed copy is not recorded as one
+
+
+def test_a_leftover_temporary_folder_is_cleared_before_copying(s3fs_client, s3_endpoint, prefix, bert_a):
+    """A temporary folder left by a crash of an earlier run (a machine rebooted mid-copy) holds a
+    truncated file; the next copy does not reuse or keep it."""
+    _upload(s3fs_client, bert_a, prefix)
+    storage = StorageSpec(endpoint_url=s3_endpoint)
+    revision = model_identity(f"s3://{prefix}", storage)["revision"]
+    leftover = models.CACHE_ROOT / f"{revision}.tmp1-deadbeef"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"trunc")
+
+    target = Path(resolve_model_dir(f"s3://{prefix}", storage))
+
+    _assert_complete_copy(target, bert_a)
+    assert not leftover.exists()
 
 
 @pytest.mark.parametrize("bad_key", ["../../{name}", "sub/../../../../{name}", "/{name}"])

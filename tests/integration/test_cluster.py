@@ -1,0 +1,183 @@
+"""The job on a real multi-node Ray cluster (tests/cluster.py): a head that runs only drivers, a CPU node
+and two "accelerator" nodes, each a `ray start` of its own with its own custom resources and its own
+model cache; the checkpoint, inputs and outputs on moto's S3 server.
+
+- Placement: model actors only on accelerator nodes (`resources.model_resources`), the read,
+  tokenize, postprocess and write stages only on the CPU node (`resources.cpu_stage_resources`), and
+  the `s3://` checkpoint copied once per node however many actors start there.
+- `ray job submit` through the head's job server, with the repository as the working directory, as
+  the README says.
+- A node that dies mid-run: its work is redone on the other, and every row is written exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import LocalCluster
+from tests.integration._util import explain, read_outputs, rows
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 240
+
+# The layout of a GPU cluster: every model actor needs an `accelerator_node` (a GPU node has two),
+# every CPU stage a sliver of `cpu_node`. Logical CPUs are a scheduling budget, not this machine's cores.
+CPU_NODE = ("cpu", 2, {"cpu_node": 100})
+ACCEL_NODES = [("accel-a", 2, {"accelerator_node": 2}), ("accel-b", 2, {"accelerator_node": 2})]
+PLACED = {
+    "cpus_per_actor": 0.5, "model_resources": {"accelerator_node": 1}, "cpu_stage_resources": {"cpu_node": 0.01},
+    "tokenize_actors": 1, "postprocess_actors": 1,
+}
+STAGE_OF_ACTOR = {"Tokenize": "cpu", "Predict": "model", "Postprocess": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def model_uri(tmp_path_factory, s3fs_client) -> str:
+    """A tiny real BERT token classifier (tests/models.py) in the `models` bucket."""
+    from tests.models import build_bert
+
+    local = build_bert(tmp_path_factory.mktemp("cluster-ner"), head="token-classification")
+    prefix = f"models/cluster-ner-{uuid.uuid4().hex[:8]}"
+    for f in local.iterdir():
+        s3fs_client.put_file(str(f), f"{prefix}/{f.name}")
+    return f"s3://{prefix}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (CPUs 0: drivers only), the CPU node and two accelerator nodes. The nodes inherit this
+    process's environment (conftest's dummy AWS credentials) with this venv first on PATH, as the
+    nodes of a cluster run the project's image."""
+    root = tmp_path_factory.mktemp("cluster")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    with LocalCluster(root, env) as c:
+        c.start_head(num_cpus=0)
+        c.add_nodes([CPU_NODE, *ACCEL_NODES])
+        yield c
+
+
+def _put_shards(fs, prefix: str, shards: int, rows_each: int) -> list[str]:
+    """JSONL shards of short sentences; returns every id."""
+    ids = []
+    for s in range(shards):
+        lines = []
+        for r in range(rows_each):
+            ids.append(f"s{s}-r{r}")
+            lines.append(json.dumps({"id": ids[-1], "text": f"Alice {s} met Bob {r} at Acme in Paris on day {r}."}))
+        with fs.open(f"{prefix}/part-{s:03d}.jsonl", "wb") as f:
+            f.write(("\n".join(lines) + "\n").encode())
+    return ids
+
+
+def _spec_args(tmp_path, name: str, spec: dict) -> list[str]:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return [sys.executable, "-m", "pipeline", "run", str(path)]
+
+
+def _start_cli(cmd: list[str], cluster: LocalCluster) -> subprocess.Popen:
+    """The CLI as a driver attached to the cluster by address; its own model cache is the head's (the
+    driver checks the model before any work). Its own session, so a hung run is ended as a whole."""
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address, "PIPELINE_MODEL_CACHE": str(cluster.nodes[0].cache)}
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the job did not finish in {RUN_TIMEOUT_S}s:\n{explain(err)}")
+    return proc.returncode, out, err
+
+
+def _job_actors(cluster: LocalCluster) -> list[dict]:
+    """The stage actors Ray ran (alive or dead), each with its stage class and node, from the state API."""
+    from ray.util.state import list_actors
+
+    found = []
+    for a in list_actors(address=cluster.dashboard_url, detail=True, limit=10_000, raise_on_missing_output=False):
+        a = a.__dict__ if hasattr(a, "__dict__") else dict(a)
+        stage = next((s for s in STAGE_OF_ACTOR if f"({s})" in (a.get("repr_name") or "")), None)
+        if stage:
+            found.append({"stage": stage, "node_id": a["node_id"], "state": a["state"],
+                          "restarts": a.get("num_restarts", 0), "job_id": a["job_id"]})
+    return found
+
+
+def _copies(node, model_uri: str) -> int:
+    """Copies of the checkpoint this node made: lines of its cache's copy log (pipeline.models)."""
+    log = node.cache / "copies.jsonl"
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text().splitlines() if json.loads(line)["path"] == model_uri)
+
+
+def test_stages_run_where_their_resources_are_and_the_model_is_copied_once_per_node(
+        tmp_path, cluster, s3fs_client, s3_endpoint, model_uri):
+    run = uuid.uuid4().hex[:8]
+    ids = _put_shards(s3fs_client, f"data/cluster-{run}", shards=4, rows_each=30)
+    cmd = _spec_args(tmp_path, "placed", {
+        "input": {"path": f"s3://data/cluster-{run}/"},
+        "model": {"path": model_uri, "head": "token-classification", "max_length": 64},
+        "output": {"path": f"s3://results/cluster-{run}/"},
+        "storage": {"endpoint_url": s3_endpoint},
+        # Three model actors, two per accelerator node at most: one node runs two.
+        "resources": {**PLACED, "model_actors": 3},
+        "batching": {"rows_per_batch": 10},
+    })
+    started = time.time()
+    code, out, err = _finish(_start_cli(cmd, cluster))
+    wall = time.time() - started
+    assert code == 0, explain(err)
+
+    summary = read_outputs(f"s3://results/cluster-{run}/", s3fs_client)
+    written = [r["id"] for r in rows(summary["results"])]
+    assert summary["summary"]["rows_read"] == summary["summary"]["rows_written"] == len(ids)
+    assert sorted(written) == sorted(ids)  # every row exactly once
+
+    kinds = {n.node_id: n.name for n in cluster.nodes}
+    actors = _job_actors(cluster)
+    placed = Counter((a["stage"], kinds[a["node_id"]]) for a in actors)
+    model_nodes = {kinds[a["node_id"]] for a in actors if a["stage"] == "Predict"}
+    print(f"\n{len(cluster.nodes)} nodes, {len(ids)} rows in {wall:.1f}s; actors per (stage, node): {dict(placed)}")
+    assert sum(n for (stage, _), n in placed.items() if stage == "Predict") == 3
+    assert model_nodes <= {"accel-a", "accel-b"}
+    assert {kinds[a["node_id"]] for a in actors if a["stage"] != "Predict"} == {"cpu"}
+    assert {"Tokenize", "Postprocess"} <= {a["stage"] for a in actors}
+    assert _tasks_nodes(cluster) == {"cpu"}  # read and write tasks
+
+    # One copy per node that loaded the model, though one accelerator node ran two model actors and
+    # the CPU node ran the tokenizer's and the postprocessor's (both load the tokenizer).
+    busiest = max(model_nodes, key=lambda name: placed[("Predict", name)])
+    assert placed[("Predict", busiest)] == 2
+    copies = {n.name: _copies(n, model_uri) for n in cluster.nodes}
+    assert copies == {"head": 1, "cpu": 1, **{name: 1 for name in model_nodes}}, copies
+
+
+def _tasks_nodes(cluster: LocalCluster) -> set[str]:
+    """The nodes the job's (non-actor) read and write tasks ran on."""
+    from ray.util.state import list_tasks
+
+    kinds = {n.node_id: n.name for n in cluster.nodes}
+    nodes = set()
+    for t in list_tasks(address=cluster.dashboard_url, detail=True, limit=10_000, raise_on_missing_output=False):
+        t = t.__dict__ if hasattr(t, "__dict__") else dict(t)
+        if t.get("type") == "NORMAL_TASK" and ("_read_shards" in t["name"] or "_write_parts" in t["name"]):
+            nodes.add(kinds.get(t.get("node_id"), t.get("node_id")))
+    return nodes
