@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pipeline.heads import head_entry
 from pipeline.meter import STAGES, TOKEN_STAGES
 from pipeline.output import SUMMARY, OutputDir, StorageFailed
+from pipeline.spec import pool_bounds
 from pipeline.storage import protocol_of
 
 # One worker's tokens per busy second when no summary is given. The CPU stages: the demo NER job
@@ -188,14 +189,28 @@ def plan(spec, tokens: float, hours: float, rates: Rates, *, config: dict | None
         limit["hours"] = round(tokens / limit["ceiling_tokens_per_second"] / 3600, 3)
     first = min(limits, key=lambda lim: lim["ceiling_tokens_per_second"])
     return {
-        "tokens": tokens, "hours": hours, "target_tokens_per_second": round(target, 1),
+        "tokens": int(tokens) if float(tokens).is_integer() else tokens, "hours": hours, "target_tokens_per_second": round(target, 1),
         "rates_from": rates.origin, "tokens_per_document": round(per_doc, 1),
         "stages": stages, "cpu_cores": cores, "cpu_stage_cores": round(cpu_stage_cores, 2),
         "model_actors": model_actors, "model_actor_cpus": model_cpus, "gpus": gpus,
-        "limits": limits, "first_limit": first["limit"],
+        "limits": limits, "first_limit": first["limit"], "pools_too_small": _pools_too_small(spec, stages),
         "meets_target": first["ceiling_tokens_per_second"] >= target,
         "granularity": granularity, "head": spec.model.head,
     }
+
+
+# The spec's pools and the stage each one runs.
+_POOLS = {"model_actors": "predict", "tokenize_actors": "tokenize", "postprocess_actors": "postprocess"}
+
+
+def _pools_too_small(spec, stages: dict) -> dict[str, dict]:
+    """resources.* pools whose largest size is below the workers the plan needs: key -> have, need."""
+    out = {}
+    for key, stage in _POOLS.items():
+        most = pool_bounds(getattr(spec.resources, key))[1]
+        if most < stages[stage]["workers"]:
+            out[key] = {"max": most, "need": stages[stage]["workers"]}
+    return out
 
 
 def _driver(spec, per_doc: float) -> dict:
@@ -254,14 +269,14 @@ def _request_limit(name: str, per_shard: int, allowed: int, shards_per_second: f
                    what: str) -> dict:
     rate = per_shard * shards_per_second
     return {"limit": name, "ceiling_tokens_per_second": round(target * allowed / rate, 1),
-            "detail": f"{per_shard} requests a shard ({what}): {rate:,.1f}/s of {allowed:,}/s"}
+            "detail": f"{per_shard:,} requests a shard ({what}): {rate:,.1f}/s of {allowed:,}/s"}
 
 
 def format_plan(p: dict) -> str:
     """The plan as a short table for people."""
     lines = [f"{p['tokens']:,.0f} tokens in {p['hours']:g} h: {p['target_tokens_per_second']:,.0f} tokens/s "
-             f"({p['head']}, {p['granularity']} granularity, {p['tokens_per_document']:,.1f} tokens a document; "
-             f"rates from {p['rates_from']})", ""]
+             f"({p['head']}, {p['granularity']} granularity, {p['tokens_per_document']:,.1f} tokens a document)",
+             f"rates from {p['rates_from']}", ""]
     lines.append(f"{'stage':<12}{'tokens/s per worker':>20}  {'source':<9}{'workers':>8}{'cores':>8}")
     for name, s in p["stages"].items():
         cores = f"{s['cores']:>8,.2f}" if "cores" in s else f"{'':>8}"
@@ -275,13 +290,20 @@ def format_plan(p: dict) -> str:
                      f"{lim['detail']}")
     first = next(lim for lim in p["limits"] if lim["limit"] == p["first_limit"])
     if p["meets_target"]:
-        verdict = f"first limit: {p['first_limit']}; done in {p['hours']:g} h with the above"
+        verdict = f"first limit: {p['first_limit']}; done in {p['hours']:g} h with the cores and model actors above"
     else:
         verdict = (f"first limit: {p['first_limit']}, below the target: at most {first['ceiling_tokens_per_second']:,.0f}"
                    f" tokens/s, {first['hours']:,.2f} h for these tokens; {_FIX[p['first_limit'].split(',')[0]]}")
     lines += ["", verdict]
-    if any(s["source"] == "measured" for s in p["stages"].values()):
-        lines.append("(rates are the earlier run's, on its hardware and model: measure on the GPUs you plan for)")
+    if p["pools_too_small"]:
+        sets = " ".join(f"--set resources.{k}={v['need']}" for k, v in p["pools_too_small"].items())
+        have = ", ".join(f"{k} {v['max']}" for k, v in p["pools_too_small"].items())
+        lines.append(f"the spec's pools are smaller ({have} at most): {sets}")
+    if p["stages"]["predict"]["source"] == "measured":
+        lines.append("(the rates are the earlier run's, on its hardware and model: measure on the GPUs you plan for)")
+    elif p["gpus"]:
+        lines.append("(the model's rate is a default, an estimate for a BERT-base-sized encoder on an H100-class GPU: "
+                     "measure yours with a short run and pass --from)")
     return "\n".join(lines)
 
 

@@ -94,7 +94,7 @@ def test_subprocess_plan_sizes_a_cluster_from_a_summary_file(tmp_path, docs):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("36,000,000,000 tokens in 2 h: 5,000,000 tokens/s "), proc.stdout
     assert "5 model actor(s), 5 GPU(s)" in proc.stdout
-    assert "first limit: GPUs; done in 2 h with the above" in proc.stdout
+    assert "first limit: GPUs; done in 2 h with the cores and model actors above" in proc.stdout
     assert not (tmp_path / "out").exists()  # a plan is arithmetic: nothing runs, nothing is written
 
 

@@ -67,6 +67,17 @@ def test_workers_cores_and_gpus_from_one_workers_rates():
     assert {p["stages"][s]["source"] for s in ("read", "tokenize", "predict", "postprocess", "write")} == {"measured"}
 
 
+def test_pools_the_spec_caps_below_the_plan_are_named():
+    spec = spec_from_dict({"input": {"path": "data/"}, "model": {"path": "m", "head": "token-classification"},
+                           "output": {"path": "out/x"}, "batching": {"rows_per_batch": 100},
+                           "resources": {"gpus_per_actor": 1, "model_actors": {"min": 2, "max": 12},
+                                         "tokenize_actors": 8, "postprocess_actors": 40}})
+    p = make_plan(spec)  # needs 10 model actors, 20 tokenize and 40 postprocess actors
+    assert p["pools_too_small"] == {"tokenize_actors": {"max": 8, "need": 20}}
+    assert "the spec's pools are smaller (tokenize_actors 8 at most): --set resources.tokenize_actors=20" in (
+        format_plan(p))
+
+
 def test_the_limits_ceilings():
     p = make_plan(job(), object_store_gib=1.0)
     assert ceiling(p, "driver") == 100 * 100 / 0.002  # a stats batch of 100 documents per 2 ms
