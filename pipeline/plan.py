@@ -124,7 +124,7 @@ def load_summary(path: str, storage=None) -> tuple[dict, str]:
         else (path, SUMMARY)
     where = f"{folder.rstrip('/')}/{name}" if folder else name
     try:
-        summary = OutputDir(folder or ".", storage, patient=False).read_json(name)
+        summary = OutputDir(folder or ".", storage).read_json(name)
     except StorageFailed as e:
         raise PlanError(f"--from: {e}") from None
     except json.JSONDecodeError as e:
@@ -142,7 +142,8 @@ def load_summary(path: str, storage=None) -> tuple[dict, str]:
 
 def model_config(spec) -> dict:
     """The checkpoint's config.json (hidden size, labels), {} when it cannot be read: then the sizes of
-    BERT-base are assumed (pipeline.heads)."""
+    BERT-base are assumed (pipeline.heads). Through the impatient client: a plan must not wait a minute
+    for a store it only hopes to read a width from."""
     try:
         config = OutputDir(spec.model.path, spec.storage, patient=False).read_json("config.json")
     except Exception:  # noqa: BLE001 - sizing goes on with the defaults
@@ -237,7 +238,8 @@ def _object_store(spec, stages: dict, rates: Rates, config: dict, target: float,
     budget = RAY_DATA_OBJECT_STORE_FRACTION * store
     return {"limit": "object store", "ceiling_tokens_per_second": round(target * budget / in_flight, 1),
             "detail": f"{in_flight / 2**30:,.2f} GiB in flight ({bytes_in['postprocess']:,.0f} bytes/token into "
-                      f"postprocess) of {budget / 2**30:,.1f} GiB for Ray Data"}
+                      f"postprocess{'' if config else ', BERT-base widths: config.json not read'}) of "
+                      f"{budget / 2**30:,.1f} GiB for Ray Data"}
 
 
 def _s3(spec, rates: Rates, target: float, tokens: float, shards: int | None) -> list[dict]:

@@ -183,3 +183,22 @@ def test_the_cli_refuses_a_missing_summary_in_one_line(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: --from: no ") and captured.err.count("\n") == 1
+
+
+def test_a_summary_comes_from_s3(s3_endpoint, s3fs_client):
+    from pipeline.spec import StorageSpec
+
+    s3fs_client.pipe("results/plan-run/_SUMMARY.json", json.dumps(SUMMARY).encode())
+    storage = StorageSpec(endpoint_url=s3_endpoint)
+    assert load_summary("s3://results/plan-run/", storage) == (SUMMARY, "s3://results/plan-run/_SUMMARY.json")
+
+
+def test_the_checkpoints_widths_come_from_its_config(tmp_path):
+    from pipeline.plan import model_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 384, "id2label": {"0": "O", "1": "PER"}}))
+    spec = job(rows_per_batch=1000, head="embedding", granularity="token")
+    assert model_config(spec.model_copy(update={"model": spec.model.model_copy(update={"path": str(tmp_path)})})) == {
+        "hidden_size": 384, "id2label": {"0": "O", "1": "PER"}}
+    assert model_config(spec) == {}  # models/x: no such folder here
+    assert "BERT-base widths: config.json not read" in detail(make_plan(spec), "object store")
