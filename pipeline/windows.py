@@ -45,6 +45,18 @@ def segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return cs[offsets[1:]] - cs[offsets[:-1]]
 
 
+def ordered_segment_sums(rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sum of each segment of `rows` (segments of `counts` >= 1 rows, one after another), rows added
+    first to last, as `segment.sum(axis=0)` adds them: np.add.reduceat adds in another order and can
+    differ in the last bit. One vectorised step per row of the longest segment."""
+    starts = offsets_of(counts)[:-1]
+    sums = rows[starts].copy()
+    for j in range(1, int(counts.max(initial=1))):
+        longer = np.flatnonzero(counts > j)
+        sums[longer] += rows[starts[longer] + j]
+    return sums
+
+
 @dataclass
 class Windows:
     """A batch of documents cut into windows. Documents and windows lie one after another."""

@@ -21,7 +21,7 @@ from pipeline import columns as C
 from pipeline.heads.base import (Produced, WindowedTextHead, column, list_numpy, list_parts, model_max_length,
                                  vector_array)
 from pipeline.models import ModelError
-from pipeline.windows import offsets_of, segment_ids, surface_offsets
+from pipeline.windows import ordered_segment_sums, segment_ids, surface_offsets
 
 # sentence-transformers' pooling modes (`pooling_mode` in 1_Pooling/config.json; older checkpoints
 # have one `pooling_mode_<x>` flag per mode) -> ours; the others are not computed here.
@@ -177,9 +177,8 @@ class Embedding(WindowedTextHead):
             _, window_offsets = list_parts(column(batch, C.INPUT_IDS).values)
             weights = np.diff(window_offsets).astype(np.float64)
             mine = multi[segment_ids(n_windows)]  # the windows of those documents, which lie together
-            bounds = offsets_of(n_windows[multi])[:-1]
-            # Rows added in window order, as the sum over one document's stacked windows.
-            sums = np.add.reduceat(vectors[mine] * weights[mine][:, None], bounds, axis=0)
-            totals = np.add.reduceat(weights[mine], bounds)
+            counts = n_windows[multi]
+            sums = ordered_segment_sums(vectors[mine] * weights[mine][:, None], counts)
+            totals = ordered_segment_sums(weights[mine], counts)
             docs[multi[has]] = (sums / totals[:, None]).astype(np.float32)
         return Produced(has.astype(np.int64), {"embedding": vector_array(self._normalize(docs), self.hidden)}, errors)

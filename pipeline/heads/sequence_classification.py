@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline.heads.base import COMMON_ENCODE_FIELDS, Produced, WindowedTextHead, column, list_array, list_numpy, list_parts
-from pipeline.windows import offsets_of, segment_ids
+from pipeline.windows import offsets_of, ordered_segment_sums, segment_ids
 
 LABEL_SCORE = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
@@ -152,11 +152,10 @@ class SequenceClassification(WindowedTextHead):
         if self.long_document != "truncate" and multi.any():
             mine = multi[segment_ids(n_windows)]  # the windows of those documents, which lie together
             counts = n_windows[multi]
-            bounds = offsets_of(counts)[:-1]
             if self.long_document == "max":
-                combined[multi[has]] = np.maximum.reduceat(logits[mine], bounds, axis=0)
+                combined[multi[has]] = np.maximum.reduceat(logits[mine], offsets_of(counts)[:-1], axis=0)
             else:  # "mean": every window counts once; float32 sums divided in float32, as ndarray.mean
-                combined[multi[has]] = np.add.reduceat(logits[mine], bounds, axis=0) / counts[:, None].astype(np.float32)
+                combined[multi[has]] = ordered_segment_sums(logits[mine], counts) / counts[:, None].astype(np.float32)
         return combined, has
 
     def postprocess_table(self, batch):
