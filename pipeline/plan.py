@@ -1,6 +1,7 @@
 """Sizing on paper: the CPU cores and model actors (GPUs) a corpus of N tokens needs to be done in H
-hours, and which limit comes first as the cluster grows: the driver, the object store, S3's request
-rate, or the GPUs (`python -m pipeline plan SPEC --tokens N --hours H [--from OUTPUT]`).
+hours, and which limit comes first as the cluster grows: the driver (its stats batches, and the shards
+it finalises two at a time), the object store, S3's request rate, or the GPUs
+(`python -m pipeline plan SPEC --tokens N --hours H [--from OUTPUT]`).
 
 The arithmetic, with T = N / (H x 3600) tokens/s the target and r_s one worker's tokens per busy
 second in stage s (a previous run's `_SUMMARY.json` `stages`, pipeline/meter.py, or the defaults
@@ -23,6 +24,7 @@ import os
 from dataclasses import dataclass
 
 from pipeline.heads import head_entry
+from pipeline.job import FINALIZE_IN_FLIGHT
 from pipeline.meter import STAGES, TOKEN_STAGES
 from pipeline.output import SUMMARY, OutputDir, StorageFailed
 from pipeline.spec import pool_bounds
@@ -125,13 +127,12 @@ def load_summary(path: str, storage=None) -> tuple[dict, str]:
     where = f"{folder.rstrip('/')}/{name}" if folder else name
     try:
         summary = OutputDir(folder or ".", storage).read_json(name)
-    except StorageFailed as e:
+    except StorageFailed as e:  # OutputDir's reads say every failure so, a file that is not JSON too
+        bad = e.__cause__
+        if isinstance(bad, json.JSONDecodeError):
+            raise PlanError(f"--from: {where} is not JSON ({bad.msg} at line {bad.lineno}); give a run's "
+                            "_SUMMARY.json") from None
         raise PlanError(f"--from: {e}") from None
-    except json.JSONDecodeError as e:
-        raise PlanError(f"--from: {where} is not JSON ({e.msg} at line {e.lineno}); give a run's _SUMMARY.json") \
-            from None
-    except OSError as e:
-        raise PlanError(f"--from: cannot read {where} ({e.strerror or e})") from None
     if summary is None:
         raise PlanError(f"--from: no {where} (a run writes its _SUMMARY.json once complete); give a complete run's "
                         "output folder or summary file")
@@ -182,6 +183,10 @@ def plan(spec, tokens: float, hours: float, rates: Rates, *, config: dict | None
 
     limits = [_driver(spec, per_doc), _object_store(spec, stages, rates, config or {}, target, model_actors,
                                                     object_store_gib)]
+    # The driver finalises at most FINALIZE_IN_FLIGHT shards at once, whatever the cluster's size.
+    limits.append({"limit": "shard finalisation", "ceiling_tokens_per_second": round(FINALIZE_IN_FLIGHT * r["write"], 1),
+                   "detail": f"{FINALIZE_IN_FLIGHT} shards at once (pipeline.job.FINALIZE_IN_FLIGHT) x "
+                             f"{r['write']:,.0f} tokens/s"})
     limits += _s3(spec, rates, target, tokens, shards)
     model_name = "GPUs" if res.gpus_per_actor else "model actors (CPU)"
     limits.append({"limit": model_name, "ceiling_tokens_per_second": round(model_actors * r["predict"], 1),
@@ -190,7 +195,8 @@ def plan(spec, tokens: float, hours: float, rates: Rates, *, config: dict | None
         limit["hours"] = round(tokens / limit["ceiling_tokens_per_second"] / 3600, 3)
     first = min(limits, key=lambda lim: lim["ceiling_tokens_per_second"])
     return {
-        "tokens": int(tokens) if float(tokens).is_integer() else tokens, "hours": hours, "target_tokens_per_second": round(target, 1),
+        "tokens": int(tokens) if float(tokens).is_integer() else tokens, "hours": hours,
+        "target_tokens_per_second": round(target, 1),
         "rates_from": rates.origin, "tokens_per_document": round(per_doc, 1),
         "stages": stages, "cpu_cores": cores, "cpu_stage_cores": round(cpu_stage_cores, 2),
         "model_actors": model_actors, "model_actor_cpus": model_cpus, "gpus": gpus,
@@ -310,6 +316,7 @@ def format_plan(p: dict) -> str:
 
 
 _FIX = {
+    "shard finalisation": "finalise more shards at once (pipeline.job.FINALIZE_IN_FLIGHT)",
     "driver": "raise batching.rows_per_batch (fewer, larger stats batches)",
     "object store": "give the nodes more memory (--object-store-gib) or lower batching.rows_per_batch",
     "S3 writes": "raise batching.rows_per_batch and output.rows_per_file (fewer, larger objects)",

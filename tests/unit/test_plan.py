@@ -14,8 +14,8 @@ from pipeline.plan import (
 from pipeline.spec import spec_from_dict
 
 # 10 shards of 1,000 documents of 100 tokens. One worker's rates: read 10,000 documents/s (1 M
-# tokens/s), tokenize 500,000 tokens/s, predict 1 M, postprocess 250,000, write 5,000 documents/s
-# (500,000 tokens/s).
+# tokens/s), tokenize 500,000 tokens/s, predict 1 M, postprocess 250,000, write 100,000 documents/s
+# (10 M tokens/s).
 SUMMARY = {
     "status": "complete", "rows_read": 10_000, "rows_written": 10_000, "rows_errored": 0, "output_rows": 10_000,
     "tokens": 1_000_000, "shards": 10,
@@ -28,7 +28,7 @@ SUMMARY = {
                     "rows_per_second": 10_000.0, "tokens_per_second": 1_000_000.0},
         "postprocess": {"rows": 10_000, "tokens": 1_000_000, "busy_seconds": 4.0, "batches": 100,
                         "rows_per_second": 2_500.0, "tokens_per_second": 250_000.0},
-        "write": {"rows": 10_000, "tokens": None, "busy_seconds": 2.0, "batches": 100, "rows_per_second": 5_000.0,
+        "write": {"rows": 10_000, "tokens": None, "busy_seconds": 0.1, "batches": 100, "rows_per_second": 100_000.0,
                   "tokens_per_second": None},
     },
 }
@@ -59,11 +59,11 @@ def test_workers_cores_and_gpus_from_one_workers_rates():
     assert p["target_tokens_per_second"] == 10_000_000
     assert p["tokens_per_document"] == 100
     workers = {name: s["workers"] for name, s in p["stages"].items()}
-    assert workers == {"read": 10, "tokenize": 20, "predict": 10, "postprocess": 40, "write": 20, "finalize": 20}
+    assert workers == {"read": 10, "tokenize": 20, "predict": 10, "postprocess": 40, "write": 1, "finalize": 1}
     # A CPU stage's cores are its busy core-seconds per second; finalisation costs what writing does.
-    assert p["cpu_stage_cores"] == 10 + 20 + 40 + 20 + 20
+    assert p["cpu_stage_cores"] == 10 + 20 + 40 + 1 + 1
     assert p["model_actors"] == 10 and p["gpus"] == 10 and p["model_actor_cpus"] == 10
-    assert p["cpu_cores"] == 110 + 10 + 1  # the CPU stages, one CPU per model actor, the driver
+    assert p["cpu_cores"] == 72 + 10 + 1  # the CPU stages, one CPU per model actor, the driver
     assert {p["stages"][s]["source"] for s in ("read", "tokenize", "predict", "postprocess", "write")} == {"measured"}
 
 
@@ -87,9 +87,10 @@ def test_the_limits_ceilings():
     assert ceiling(p, "S3 reads, output prefix") == pytest.approx(10e6 * 5500 / 2300, abs=0.1)
     assert ceiling(p, "S3 reads, input prefix") == pytest.approx(10e6 * 5500 / 200, abs=0.1)
     assert ceiling(p, "GPUs") == 10 * 1e6
+    assert ceiling(p, "shard finalisation") == 2 * 10e6  # two shards at once, at the writer's rate
     # In flight: 3 batches of 10,000 tokens per worker of each stage, at these bytes a token of its input:
     # tokenize 4 (text), predict 20 (text, encoding), postprocess 20 + 2 labels x 4, write 8 + 8 (rows).
-    in_flight = 3 * 10_000 * (20 * 4 + 10 * 20 + 40 * 28 + 20 * 16)
+    in_flight = 3 * 10_000 * (20 * 4 + 10 * 20 + 40 * 28 + 1 * 16)
     assert ceiling(p, "object store") == pytest.approx(10e6 * 0.5 * 2**30 / in_flight, abs=0.1)
 
 
@@ -107,9 +108,14 @@ def test_the_first_limit_moves_with_the_inputs():
     # A small object store under batches ten times larger.
     p = make_plan(job(rows_per_batch=1000), object_store_gib=0.5)
     assert p["first_limit"] == "object store" and not p["meets_target"]
+    # A slow writer: the driver finalises two shards at a time, 2 x 500,000 tokens/s.
+    spec = job(rows_per_batch=1000)
+    slow = {**SUMMARY, "stages": {**SUMMARY["stages"], "write": {"rows": 10_000, "rows_per_second": 5_000.0}}}
+    p = plan(spec, TOKENS, HOURS, rates_from_summary(slow, spec, "summary"), config={})
+    assert (p["first_limit"], ceiling(p, "shard finalisation")) == ("shard finalisation", 1e6)
     # Local paths: no request limits.
     p = make_plan(job(rows_per_batch=1000, input="data/", output="out/x"))
-    assert [lim["limit"] for lim in p["limits"]] == ["driver", "object store", "GPUs"]
+    assert [lim["limit"] for lim in p["limits"]] == ["driver", "object store", "shard finalisation", "GPUs"]
 
 
 def detail(p, name):
@@ -150,7 +156,7 @@ def test_the_table_names_the_first_limit_and_its_fix():
     text = format_plan(make_plan(job()))
     assert "first limit: driver, below the target: at most 5,000,000 tokens/s, 2.00 h" in text
     assert "raise batching.rows_per_batch" in text
-    assert "need: 121 CPU cores" in text and "10 GPU(s)" in text
+    assert "need: 83 CPU cores" in text and "10 GPU(s)" in text
 
 
 def test_a_summary_is_read_from_its_folder_or_file(tmp_path):
@@ -162,6 +168,9 @@ def test_a_summary_is_read_from_its_folder_or_file(tmp_path):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(PlanError, match="has no `stages`"):
         load_summary(str(tmp_path / "other.json"))
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(PlanError, match=r"broken.json is not JSON \(.* at line 1\); give a run's _SUMMARY.json"):
+        load_summary(str(tmp_path / "broken.json"))
 
 
 def test_the_cli_prints_the_plan_as_json(tmp_path, capsys):
