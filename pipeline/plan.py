@@ -301,7 +301,7 @@ def format_plan(p: dict) -> str:
         verdict = f"first limit: {p['first_limit']}; done in {p['hours']:g} h with the cores and model actors above"
     else:
         verdict = (f"first limit: {p['first_limit']}, below the target: at most {first['ceiling_tokens_per_second']:,.0f}"
-                   f" tokens/s, {first['hours']:,.2f} h for these tokens; {_FIX[p['first_limit'].split(',')[0]]}")
+                   f" tokens/s, {first['hours']:,.2f} h for these tokens; {_FIX[p['first_limit']]}")
     lines += ["", verdict]
     if p["pools_too_small"]:
         sets = " ".join(f"--set resources.{k}={v['need']}" for k, v in p["pools_too_small"].items())
@@ -319,6 +319,7 @@ _FIX = {
     "shard finalisation": "finalise more shards at once (pipeline.job.FINALIZE_IN_FLIGHT)",
     "driver": "raise batching.rows_per_batch (fewer, larger stats batches)",
     "object store": "give the nodes more memory (--object-store-gib) or lower batching.rows_per_batch",
-    "S3 writes": "raise batching.rows_per_batch and output.rows_per_file (fewer, larger objects)",
-    "S3 reads": "raise batching.rows_per_batch (fewer parts to read back) or use larger input shards",
+    "S3 writes, output prefix": "raise batching.rows_per_batch and output.rows_per_file (fewer, larger objects)",
+    "S3 reads, output prefix": "raise batching.rows_per_batch (fewer parts to read back)",
+    "S3 reads, input prefix": "spread the input over several prefixes, or run several jobs on parts of it",
 }

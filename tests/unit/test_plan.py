@@ -211,3 +211,17 @@ def test_the_checkpoints_widths_come_from_its_config(tmp_path):
         "hidden_size": 384, "id2label": {"0": "O", "1": "PER"}}
     assert model_config(spec) == {}  # models/x: no such folder here
     assert "BERT-base widths: config.json not read" in detail(make_plan(spec), "object store")
+
+
+def test_every_limit_but_the_gpus_comes_with_a_fix():
+    # The verdict looks the fix up by the limit's name: a renamed limit must not lose its advice.
+    from pipeline.plan import _FIX
+
+    names = {lim["limit"] for lim in make_plan(job())["limits"]}
+    assert names - {"GPUs"} == set(_FIX)
+    # Object store, S3 writes, finalisation: each verdict names its fix.
+    store = make_plan(job(rows_per_batch=1000), object_store_gib=0.5)
+    assert "first limit: object store, below the target" in format_plan(store) and "--object-store-gib" in (
+        format_plan(store))
+    files = make_plan(job(rows_per_batch=1000, rows_per_file=10))
+    assert "raise batching.rows_per_batch and output.rows_per_file" in format_plan(files)
