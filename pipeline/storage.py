@@ -54,7 +54,9 @@ def filesystem_for(path: str, storage=None, patient: bool = True) -> fsspec.Abst
         fs = fsspec.filesystem(
             "s3", client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True
         )
-        fs.retries = S3_RETRIES_PER_CALL if patient else 0
+        # s3fs's `retries` counts attempts of a call, not retries: 0 would make none at all (and raise
+        # a TypeError instead of the error); 1 is one attempt, botocore's retries inside it.
+        fs.retries = S3_RETRIES_PER_CALL if patient else 1
         return fs
     if protocol == "file":
         return fsspec.filesystem("file")

@@ -98,3 +98,12 @@ def test_missing_buckets_and_denied_access_are_named(faulty_s3):  # noqa: F811
         raise PermissionError("Access Denied") from denied
     except PermissionError as e:
         assert describe_storage_error(e) == "access denied (check the AWS credentials)"
+
+
+def test_the_impatient_client_reads_and_writes_and_names_a_failure(faulty_s3):  # noqa: F811
+    # Best-effort records (progress, lease heartbeats) go through it: it must do the call, once.
+    fs, prefix = filesystem_for("s3://results/", StorageSpec(endpoint_url=faulty_s3.url), patient=False), _prefix()
+    fs.pipe(f"{prefix}/_PROGRESS.json", b"{}")
+    assert fs.cat(f"{prefix}/_PROGRESS.json") == b"{}"
+    with pytest.raises(FileNotFoundError):
+        fs.cat(f"{prefix}/missing.json")
