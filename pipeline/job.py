@@ -40,7 +40,14 @@ log = logging.getLogger(__name__)
 # CPU reservation of the reader and writer tasks (the other stages': pipeline/apply.py).
 READ_CPUS = 0.25
 PROGRESS_SECONDS = 5.0
-FINALIZE_IN_FLIGHT = 2  # shards being turned into final files at once
+FINALIZE_IN_FLIGHT = 2  # shards being turned into final files at once, at least
+
+
+def finalize_in_flight(spec) -> int:
+    """Shards finalised at once: as many as the postprocess pool may have actors (at least
+    FINALIZE_IN_FLIGHT). A finalisation reads a shard's parts back and writes them once more, about a
+    writer's work; a fixed number would cap a large cluster at that many writers' rate."""
+    return max(FINALIZE_IN_FLIGHT, pool_bounds(spec.resources.postprocess_actors)[1])
 
 
 class JobFailed(RuntimeError):
@@ -456,6 +463,7 @@ class ShardCompletion:
         self.markers, self.failed = markers, failed
         self.ledger, self.finalize = ledger, finalize
         self.by_index = {s.index: s for s in shards}
+        self.max_in_flight = finalize_in_flight(spec)
         self.arrived = {s.index: 0 for s in todo}  # documents written as parts, per shard
         self.todo = todo
         self.rows_read: dict[int, int] = {}
@@ -484,7 +492,7 @@ class ShardCompletion:
         for index, reason in got_failed.items():
             self.failed.setdefault(self.by_index[index].key, reason)
         for index, n in self.rows_read.items():
-            if len(self.in_flight) >= FINALIZE_IN_FLIGHT:
+            if len(self.in_flight) >= self.max_in_flight:
                 break
             if self._settled(index) or index in self.in_flight.values():
                 continue

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 
 from pipeline.heads import head_entry
-from pipeline.job import FINALIZE_IN_FLIGHT
+from pipeline.job import finalize_in_flight
 from pipeline.meter import STAGES, TOKEN_STAGES
 from pipeline.output import SUMMARY, OutputDir, StorageFailed
 from pipeline.spec import pool_bounds
@@ -183,9 +183,10 @@ def plan(spec, tokens: float, hours: float, rates: Rates, *, config: dict | None
 
     limits = [_driver(spec, per_doc), _object_store(spec, stages, rates, config or {}, target, model_actors,
                                                     object_store_gib)]
-    # The driver finalises at most FINALIZE_IN_FLIGHT shards at once, whatever the cluster's size.
-    limits.append({"limit": "shard finalisation", "ceiling_tokens_per_second": round(FINALIZE_IN_FLIGHT * r["write"], 1),
-                   "detail": f"{FINALIZE_IN_FLIGHT} shards at once (pipeline.job.FINALIZE_IN_FLIGHT) x "
+    # The driver finalises as many shards at once as the postprocess pool may have actors (at least 2).
+    at_once = finalize_in_flight(spec)
+    limits.append({"limit": "shard finalisation", "ceiling_tokens_per_second": round(at_once * r["write"], 1),
+                   "detail": f"{at_once} shards at once (resources.postprocess_actors' max, at least 2) x "
                              f"{r['write']:,.0f} tokens/s"})
     limits += _s3(spec, rates, target, tokens, shards)
     model_name = "GPUs" if res.gpus_per_actor else "model actors (CPU)"
@@ -316,7 +317,7 @@ def format_plan(p: dict) -> str:
 
 
 _FIX = {
-    "shard finalisation": "finalise more shards at once (pipeline.job.FINALIZE_IN_FLIGHT)",
+    "shard finalisation": "raise resources.postprocess_actors (as many shards are finalised at once)",
     "driver": "raise batching.rows_per_batch (fewer, larger stats batches)",
     "object store": "give the nodes more memory (--object-store-gib) or lower batching.rows_per_batch",
     "S3 writes, output prefix": "raise batching.rows_per_batch and output.rows_per_file (fewer, larger objects)",

@@ -108,11 +108,15 @@ def test_the_first_limit_moves_with_the_inputs():
     # A small object store under batches ten times larger.
     p = make_plan(job(rows_per_batch=1000), object_store_gib=0.5)
     assert p["first_limit"] == "object store" and not p["meets_target"]
-    # A slow writer: the driver finalises two shards at a time, 2 x 500,000 tokens/s.
+    # A slow writer: the driver finalises two shards at a time (a pool of 1), 2 x 500,000 tokens/s.
     spec = job(rows_per_batch=1000)
     slow = {**SUMMARY, "stages": {**SUMMARY["stages"], "write": {"rows": 10_000, "rows_per_second": 5_000.0}}}
     p = plan(spec, TOKENS, HOURS, rates_from_summary(slow, spec, "summary"), config={})
     assert (p["first_limit"], ceiling(p, "shard finalisation")) == ("shard finalisation", 1e6)
+    # ... as many at once as the postprocess pool may grow to: 8 actors, 8 shards, 4 M tokens/s.
+    bigger = spec.model_copy(update={"resources": spec.resources.model_copy(update={"postprocess_actors": 8})})
+    p = plan(bigger, TOKENS, HOURS, rates_from_summary(slow, bigger, "summary"), config={})
+    assert ceiling(p, "shard finalisation") == 4e6
     # Local paths: no request limits.
     p = make_plan(job(rows_per_batch=1000, input="data/", output="out/x"))
     assert [lim["limit"] for lim in p["limits"]] == ["driver", "object store", "shard finalisation", "GPUs"]
