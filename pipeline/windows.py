@@ -62,8 +62,8 @@ class Windows:
     """A batch of documents cut into windows. Documents and windows lie one after another."""
 
     token_ids: np.ndarray  # int32 [T]: every document's tokens (no specials)
-    starts: np.ndarray  # int32 [T]: character offset where each token starts (Python str index)
-    ends: np.ndarray  # int32 [T]
+    starts: np.ndarray | None  # int32 [T]: character offset where each token starts (Python str index)
+    ends: np.ndarray | None  # int32 [T]; both None when cut without offsets
     doc_tokens: np.ndarray  # int64 [D+1]: offsets of each document's tokens
     window_starts: np.ndarray  # int32 [W]: index, in its document, of each window's first content token
     window_lengths: np.ndarray  # int32 [W]: content tokens in each window
@@ -102,7 +102,7 @@ class WindowCutter:
     leaves the padding and truncation of its last call set on the backend, and the copy must run
     without either, as the whole document."""
 
-    def __init__(self, tokenizer, max_length: int, stride: int):
+    def __init__(self, tokenizer, max_length: int, stride: int, offsets: bool = True):
         from tokenizers import Tokenizer
 
         self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -112,6 +112,8 @@ class WindowCutter:
         self.backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
         self.max_length = max_length
         self.stride = stride
+        # Without offsets the tokenizer skips their bookkeeping (`encode_batch_fast`): ~20% less time.
+        self.offsets = offsets
         self.prefix, self.suffix = self._specials()
         self.content_length = max_length - len(self.prefix) - len(self.suffix)
 
@@ -127,12 +129,15 @@ class WindowCutter:
         return ids[: content[0]], ids[content[-1] + 1 :]
 
     def __call__(self, texts: list[str]) -> Windows:
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        encode = self.backend.encode_batch if self.offsets else self.backend.encode_batch_fast
+        encodings = encode(texts, add_special_tokens=False)
         counts = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
         total = int(counts.sum())
         chain = itertools.chain.from_iterable
         token_ids = np.fromiter(chain(e.ids for e in encodings), dtype=np.int32, count=total)
-        offsets = np.fromiter(chain(chain(e.offsets for e in encodings)), dtype=np.int32, count=2 * total)
+        offsets = None
+        if self.offsets:
+            offsets = np.fromiter(chain(chain(e.offsets for e in encodings)), dtype=np.int32, count=2 * total)
         m, stride = self.content_length, self.stride
         long = counts > m
         if long.any() and stride >= m:
@@ -147,8 +152,8 @@ class WindowCutter:
         window_lengths = np.minimum(m, counts[doc_of_window] - window_starts)
         return Windows(
             token_ids=token_ids,
-            starts=offsets[0::2].copy(),
-            ends=offsets[1::2].copy(),
+            starts=None if offsets is None else offsets[0::2].copy(),
+            ends=None if offsets is None else offsets[1::2].copy(),
             doc_tokens=offsets_of(counts),
             window_starts=window_starts.astype(np.int32),
             window_lengths=window_lengths.astype(np.int32),

@@ -279,7 +279,8 @@ class WindowedTextHead(Head):
     def cut(self, texts: list[str]):
         # Built on first use: a subclass may set max_length / stride after this __init__.
         if self._cutter is None:
-            self._cutter = WindowCutter(self.tokenizer, self.max_length, self.stride)
+            offsets = "_starts" in {f.name for f in self.encode_schema()}
+            self._cutter = WindowCutter(self.tokenizer, self.max_length, self.stride, offsets=offsets)
         return self._cutter(texts)
 
     def encode_table(self, batch):
@@ -303,13 +304,17 @@ class WindowedTextHead(Head):
                                          np.zeros(n_docs + 1, np.int64)),
             C.N_TOKENS: pa.array(segment_sums(np.diff(window_offsets), doc_windows), pa.int64()),
             C.TRUNCATED: pa.array(keep < n_windows),
-            "_tok_ids": list_array(windows.token_ids, doc_tokens, ints),
-            "_starts": list_array(windows.starts, doc_tokens, ints),
-            "_ends": list_array(windows.ends, doc_tokens, ints),
-            "_window_starts": list_array(windows.window_starts, doc_windows, ints),
-            "_window_prefix": list_array(np.full(len(windows.window_starts), len(windows.prefix), np.int32), doc_windows, ints),
-            "_window_lengths": list_array(windows.window_lengths, doc_windows, ints),
         }
+        if windows.starts is not None:  # the head keeps the document's tokens (encode_schema)
+            columns.update({
+                "_tok_ids": list_array(windows.token_ids, doc_tokens, ints),
+                "_starts": list_array(windows.starts, doc_tokens, ints),
+                "_ends": list_array(windows.ends, doc_tokens, ints),
+                "_window_starts": list_array(windows.window_starts, doc_windows, ints),
+                "_window_prefix": list_array(np.full(len(windows.window_starts), len(windows.prefix), np.int32),
+                                             doc_windows, ints),
+                "_window_lengths": list_array(windows.window_lengths, doc_windows, ints),
+            })
         errors = {int(d): "the text has no tokens for this tokenizer" for d in np.flatnonzero(counts == 0)}
         return columns, errors
 

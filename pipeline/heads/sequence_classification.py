@@ -76,11 +76,12 @@ class SequenceClassification(WindowedTextHead):
 
     def encode_table(self, batch):
         pairs = column(batch, C.TEXT_PAIR) if C.TEXT_PAIR in batch.schema.names else None
+        # Single texts: the windows of WindowedTextHead (cut without offsets: encode_schema keeps none).
         if pairs is None or pairs.null_count == len(pairs):
-            return self._encode_single(batch)
+            return super().encode_table(batch)
         paired = np.flatnonzero(pairs.is_valid().to_numpy(zero_copy_only=False))
         single = np.flatnonzero(pairs.is_null().to_numpy(zero_copy_only=False))
-        single_columns, single_errors = self._encode_single(batch.take(single)) if len(single) else ({}, {})
+        single_columns, single_errors = super().encode_table(batch.take(single)) if len(single) else ({}, {})
         pair_columns = self._encode_pairs(column(batch, C.TEXT).take(paired).to_pylist(), pairs.take(paired).to_pylist())
         # Back to the batch's order: singles first, then pairs, taken by each row's place among them.
         place = np.empty(batch.num_rows, dtype=np.int64)
@@ -91,11 +92,6 @@ class SequenceClassification(WindowedTextHead):
             parts = [single_columns[f.name].cast(f.type)] if len(single) else []
             columns[f.name] = pa.concat_arrays(parts + [pair_columns[f.name]]).take(pa.array(place))
         return columns, {int(single[i]): reason for i, reason in single_errors.items()}
-
-    def _encode_single(self, batch):
-        # The windows of WindowedTextHead; the offset columns it adds are not in encode_schema, so
-        # the tokenize stage drops them.
-        return super().encode_table(batch)
 
     def _encode_pairs(self, texts: list[str], pairs: list[str]) -> dict[str, pa.Array]:
         """One window per pair: the whole pair when it fits, else truncated longest_first (the longer
