@@ -18,9 +18,8 @@ Two deliberate differences from the pipeline's output:
 
 `aggregate_batch` works on a whole batch of documents at once (tokens of all documents one after
 another, words and groups never crossing a document's start); `aggregate_entities` is one document.
-The per-token and per-word steps are NumPy array operations over the batch; the Python-level loops
-are over the returned entities (their words), and, for "average", one vectorised step per token of
-the batch's longest word.
+The per-token, per-word and per-entity steps are NumPy array operations over the batch; the one
+Python-level loop is, for "average", one vectorised step per token of the batch's longest word.
 """
 
 from __future__ import annotations
@@ -28,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
-from pipeline.windows import offsets_of, segment_ids
+from pipeline.windows import offsets_of, ragged_arange, segment_ids, segment_sums
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -138,9 +138,17 @@ class Entities:
     start: np.ndarray  # int64 [E]: character offsets into the document's text
     end: np.ndarray  # int64 [E]
 
-    def words(self, texts: list[str]) -> list[str]:
-        """The surface `text[start:end]` of each entity (one Python slice per entity, none per token)."""
-        return [texts[d][a:b] for d, a, b in zip(self.document.tolist(), self.start.tolist(), self.end.tolist())]
+    def words(self, texts: list[str]) -> pa.Array:
+        """The surface `text[start:end]` of each entity, as an Arrow string array: cut from the
+        code points of all texts at once, then encoded to UTF-8 in one call."""
+        counts = self.end - self.start
+        base = offsets_of(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
+        code_points = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        chars = code_points[np.repeat(base[self.document] + self.start, counts) + ragged_arange(counts)]
+        utf8 = chars.tobytes().decode("utf-32-le", "surrogatepass").encode("utf-8", "surrogatepass")
+        byte_lengths = 1 + (chars >= 0x80).astype(np.int64) + (chars >= 0x800) + (chars >= 0x10000)
+        offsets = offsets_of(segment_sums(byte_lengths, offsets_of(counts)))
+        return pa.StringArray.from_buffers(len(counts), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(utf8))
 
 
 def aggregate_batch(
@@ -254,5 +262,5 @@ def aggregate_entities(
     found = aggregate_batch([text], token_lens, token_ids, starts, ends, probs, np.array([0, len(token_strs)]), id2label,
                             strategy, ignore_labels, continuing_subword_prefix, unk_token_id)
     return [{"entity_group": found.names[k], "score": score, "word": word, "start": a, "end": b}
-            for k, score, word, a, b in zip(found.name.tolist(), found.score.tolist(), found.words([text]),
+            for k, score, word, a, b in zip(found.name.tolist(), found.score.tolist(), found.words([text]).to_pylist(),
                                             found.start.tolist(), found.end.tolist())]

@@ -140,7 +140,7 @@ class Head:
 
     # ---- CPU: tokenize stage -------------------------------------------------------------------
     def encode_schema(self) -> list[pa.Field]:
-        """Head-specific columns `encode_batch` adds, besides INPUT_IDS, TOKEN_TYPE_IDS, N_TOKENS, TRUNCATED."""
+        """Head-specific columns `encode_table` adds, besides INPUT_IDS, TOKEN_TYPE_IDS, N_TOKENS, TRUNCATED."""
         return []
 
     def encode_batch(self, rows: list[dict]) -> list[dict | RowError]:

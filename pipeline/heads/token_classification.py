@@ -69,7 +69,7 @@ class TokenClassification(WindowedTextHead):
         )
         entities = pa.StructArray.from_arrays(
             [pa.array(found.names, pa.string()).take(pa.array(found.name)), pa.array(found.score.astype(np.float32)),
-             pa.array(found.words(texts), pa.string()), pa.array(found.start, pa.int32()), pa.array(found.end, pa.int32())],
+             found.words(texts), pa.array(found.start, pa.int32()), pa.array(found.end, pa.int32())],
             fields=list(ENTITY),
         )
         per_doc = np.bincount(found.document, minlength=batch.num_rows)

@@ -117,7 +117,7 @@ def test_batch_aggregation_equals_each_document_alone(texts, seed, strategy, ign
     found = aggregate_batch(texts, *(np.concatenate(flat[k]) for k in ("lens", "ids", "starts", "ends", "probs")),
                             offsets_of(np.array([len(ids) for ids in enc["input_ids"]])), id2label, strategy, ignore,
                             prefix, tok.unk_token_id)
-    words = found.words(texts)
+    words = found.words(texts).to_pylist()
     for d, (text, doc) in enumerate(zip(texts, docs)):
         alone = aggregate_entities(text, **doc, id2label=id2label, strategy=strategy, ignore_labels=ignore,
                                    continuing_subword_prefix=prefix, unk_token_id=tok.unk_token_id)
