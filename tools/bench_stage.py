@@ -207,16 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {where}; config: {args.model or args.config} ({linear / 1e6:.1f} M matmul parameters, "
           f"{model.config._attn_implementation} attention, {predict.dtype}); {n_docs} documents, {len(windows)} "
           f"windows, {lengths.sum():,} real tokens; budget {budget}")
-    peak_note = f"% of {args.peak_tflops:g} TFLOPS" if args.peak_tflops else "% of peak (no --peak-tflops)"
-    print(f"{'mode':<30}{'seconds':>9}{'tokens/s':>11}{'TFLOPS':>8}  {peak_note:<22}{'padding':>8}{'peak GiB':>10}"
-          f"{'vs padded':>10}")
+    peak_note = f"% of {args.peak_tflops:g}" if args.peak_tflops else "% of peak"
+    print(f"{'mode':<30}{'seconds':>9}{'tokens/s':>11}{'TFLOPS':>8}{peak_note:>12}{'padding':>9}{'peak GiB':>10}"
+          f"{'vs padded':>11}")
     base = results[0][1]
     for name, seconds, waste, peak in results:
         tflops = flops / seconds / 1e12
         share = f"{tflops / args.peak_tflops:.1%}" if args.peak_tflops else "n/a"
         memory = f"{peak:.2f}" if peak is not None else "n/a"
-        print(f"{name:<30}{seconds:>9.2f}{lengths.sum() / seconds:>11,.0f}{tflops:>8.3f}  {share:<22}{waste:>7.0%}"
-              f"{memory:>10}{base / seconds:>9.2f}x")
+        print(f"{name:<30}{seconds:>9.2f}{lengths.sum() / seconds:>11,.0f}{tflops:>8.3f}{share:>12}{waste:>9.0%}"
+              f"{memory:>10}{base / seconds:>10.2f}x")
     if device != "cuda":
         print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
