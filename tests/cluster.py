@@ -39,6 +39,7 @@ FAST_FAILURE_DETECTION = {
     "RAY_health_check_failure_threshold": "3",
 }
 STARTUP_TIMEOUT_S = 120
+START_ATTEMPTS = 3
 OBJECT_STORE_BYTES = 200_000_000  # per node; the tests move kilobytes, and the machine is shared
 
 
@@ -48,16 +49,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class NodeStartFailed(RuntimeError):
+    pass
+
+
 @dataclass
 class Node:
     name: str
-    resources: dict[str, float]
-    num_cpus: int
     cache: Path  # PIPELINE_MODEL_CACHE of this node's workers: its own disk, as on a real machine
     process: subprocess.Popen
     log: Path
     node_id: str | None = None
-    killed: bool = False
 
 
 class LocalCluster:
@@ -85,23 +87,29 @@ class LocalCluster:
         """The head: the GCS, the dashboard with the job server and state API, and (with `num_cpus=0`)
         no work of the job's stages, only drivers (a job submitted with `ray job submit` runs its driver
         here)."""
-        node = self._start("head", num_cpus, {}, [
+        return self._join("head", num_cpus, {}, [
             "--head", f"--port={self.port}", f"--ray-client-server-port={free_port()}",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
         ])
-        self._wait_registered([node])
-        return node
 
     def add_nodes(self, specs: list[tuple[str, int, dict[str, float]]]) -> list[Node]:
-        """Worker nodes, (name, CPUs, custom resources) each, joined to the head one after the other:
-        `ray start` gives a raylet 30 s to register, which several starting at once on a busy two-core
-        machine can miss."""
-        nodes = []
-        for name, cpus, resources in specs:
-            node = self._start(name, cpus, resources, [f"--address={self.address}"])
-            self._wait_registered([node])
-            nodes.append(node)
-        return nodes
+        """Worker nodes, (name, CPUs, custom resources) each, joined to the head one after the other."""
+        return [self._join(name, cpus, resources, [f"--address={self.address}"]) for name, cpus, resources in specs]
+
+    def _join(self, name: str, num_cpus: int, resources: dict, args: list[str]) -> Node:
+        """Start a node and wait until the GCS lists it. `ray start` gives its raylet a fixed 30 s to
+        register (ray/_private/node.py) and exits when it does not, which a busy shared machine can
+        cause: such a start is ended and made again."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            node = self._start(name, num_cpus, resources, args)
+            try:
+                self._wait_registered(node)
+                return node
+            except NodeStartFailed:
+                _kill_group(node.process)
+                self.nodes.remove(node)
+                if attempt == START_ATTEMPTS:
+                    raise
 
     def _start(self, name: str, num_cpus: int, resources: dict, args: list[str]) -> Node:
         cache = self.root / f"model-cache-{name}"
@@ -120,33 +128,29 @@ class LocalCluster:
             # Its own session: the node's processes form one group that `kill` can end, and a signal
             # to the test process does not reach them half-way.
             process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        node = Node(name, resources, num_cpus, cache, process, log)
+        node = Node(name, cache, process, log)
         self.nodes.append(node)
         return node
 
-    def _wait_registered(self, nodes: list[Node]) -> None:
-        """Each node's id, once the GCS lists it alive (read from the head's state API; before the
+    def _wait_registered(self, node: Node) -> None:
+        """The node's id, once the GCS lists it alive (read from the head's state API; before the
         dashboard answers, `ray start` of the head has not finished)."""
         deadline = time.time() + STARTUP_TIMEOUT_S
-        waiting = list(nodes)
-        while waiting:
-            for node in waiting:
-                if node.process.poll() is not None:
-                    raise RuntimeError(f"ray start for node {node.name} exited {node.process.returncode}:\n"
-                                       f"{node.log.read_text()[-3000:]}")
+        while time.time() < deadline:
+            if node.process.poll() is not None:
+                raise NodeStartFailed(f"ray start for node {node.name} exited {node.process.returncode}:\n"
+                                      f"{node.log.read_text()[-3000:]}")
             try:
                 alive = [n for n in self.list_nodes() if n["state"] == "ALIVE"]
             except Exception:  # noqa: BLE001 - the head's dashboard is not answering yet
                 alive = []
-            for node in list(waiting):
-                found = [n["node_id"] for n in alive if f"node_{node.name}" in n["resources_total"]]
-                if found:
-                    node.node_id = found[0]
-                    waiting.remove(node)
-            if time.time() > deadline:
-                raise TimeoutError(f"nodes {[n.name for n in waiting]} did not join within {STARTUP_TIMEOUT_S}s:\n"
-                                   + "\n".join(n.log.read_text()[-2000:] for n in waiting))
+            found = [n["node_id"] for n in alive if f"node_{node.name}" in n["resources_total"]]
+            if found:
+                node.node_id = found[0]
+                return
             time.sleep(0.5)
+        raise NodeStartFailed(f"node {node.name} did not join within {STARTUP_TIMEOUT_S}s:\n"
+                              f"{node.log.read_text()[-3000:]}")
 
     def list_nodes(self) -> list[dict]:
         from ray.util.state import list_nodes
@@ -161,7 +165,6 @@ class LocalCluster:
         """End the node at once, as a machine that loses power: SIGKILL to its process group (the
         raylet, its object store, its workers and agents)."""
         _kill_group(node.process)
-        node.killed = True
 
     def shutdown(self) -> None:
         for node in reversed(self.nodes):  # workers before the head, which they report to

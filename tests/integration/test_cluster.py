@@ -32,10 +32,10 @@ pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 240
 
-# The layout of a GPU cluster: every model actor needs an `accelerator_node` (a GPU node has two),
-# every CPU stage a sliver of `cpu_node`. Logical CPUs are a scheduling budget, not this machine's cores.
+# The layout of a GPU cluster: every model actor needs an `accelerator_node` (a node has room for the
+# job's three, so either can take over from the other), every CPU stage a sliver of `cpu_node`. Logical CPUs are a scheduling budget, not this machine's cores.
 CPU_NODE = ("cpu", 2, {"cpu_node": 100})
-ACCEL_NODES = [("accel-a", 2, {"accelerator_node": 2}), ("accel-b", 2, {"accelerator_node": 2})]
+ACCEL_NODES = [("accel-a", 2, {"accelerator_node": 3}), ("accel-b", 2, {"accelerator_node": 3})]
 PLACED = {
     "cpus_per_actor": 0.5, "model_resources": {"accelerator_node": 1}, "cpu_stage_resources": {"cpu_node": 0.01},
     "tokenize_actors": 1, "postprocess_actors": 1,
@@ -128,56 +128,105 @@ def _copies(node, model_uri: str) -> int:
     return sum(1 for line in log.read_text().splitlines() if json.loads(line)["path"] == model_uri)
 
 
-def test_stages_run_where_their_resources_are_and_the_model_is_copied_once_per_node(
-        tmp_path, cluster, s3fs_client, s3_endpoint, model_uri):
-    run = uuid.uuid4().hex[:8]
-    ids = _put_shards(s3fs_client, f"data/cluster-{run}", shards=4, rows_each=30)
-    cmd = _spec_args(tmp_path, "placed", {
-        "input": {"path": f"s3://data/cluster-{run}/"},
-        "model": {"path": model_uri, "head": "token-classification", "max_length": 64},
-        "output": {"path": f"s3://results/cluster-{run}/"},
-        "storage": {"endpoint_url": s3_endpoint},
-        # Three model actors, two per accelerator node at most: one node runs two.
-        "resources": {**PLACED, "model_actors": 3},
-        "batching": {"rows_per_batch": 10},
-    })
-    started = time.time()
-    code, out, err = _finish(_start_cli(cmd, cluster))
-    wall = time.time() - started
-    assert code == 0, explain(err)
-
-    summary = read_outputs(f"s3://results/cluster-{run}/", s3fs_client)
-    written = [r["id"] for r in rows(summary["results"])]
-    assert summary["summary"]["rows_read"] == summary["summary"]["rows_written"] == len(ids)
-    assert sorted(written) == sorted(ids)  # every row exactly once
-
-    kinds = {n.node_id: n.name for n in cluster.nodes}
-    actors = _job_actors(cluster)
-    placed = Counter((a["stage"], kinds[a["node_id"]]) for a in actors)
-    model_nodes = {kinds[a["node_id"]] for a in actors if a["stage"] == "Predict"}
-    print(f"\n{len(cluster.nodes)} nodes, {len(ids)} rows in {wall:.1f}s; actors per (stage, node): {dict(placed)}")
-    assert sum(n for (stage, _), n in placed.items() if stage == "Predict") == 3
-    assert model_nodes <= {"accel-a", "accel-b"}
-    assert {kinds[a["node_id"]] for a in actors if a["stage"] != "Predict"} == {"cpu"}
-    assert {"Tokenize", "Postprocess"} <= {a["stage"] for a in actors}
-    assert _tasks_nodes(cluster) == {"cpu"}  # read and write tasks
-
-    # One copy per node that loaded the model, though one accelerator node ran two model actors and
-    # the CPU node ran the tokenizer's and the postprocessor's (both load the tokenizer).
-    busiest = max(model_nodes, key=lambda name: placed[("Predict", name)])
-    assert placed[("Predict", busiest)] == 2
-    copies = {n.name: _copies(n, model_uri) for n in cluster.nodes}
-    assert copies == {"head": 1, "cpu": 1, **{name: 1 for name in model_nodes}}, copies
-
-
 def _tasks_nodes(cluster: LocalCluster) -> set[str]:
     """The nodes the job's (non-actor) read and write tasks ran on."""
     from ray.util.state import list_tasks
 
     kinds = {n.node_id: n.name for n in cluster.nodes}
     nodes = set()
-    for t in list_tasks(address=cluster.dashboard_url, detail=True, limit=10_000, raise_on_missing_output=False):
+    for t in list_tasks(address=cluster.dashboard_url, filters=[("type", "=", "NORMAL_TASK")], detail=True,
+                        limit=10_000, raise_on_missing_output=False):
         t = t.__dict__ if hasattr(t, "__dict__") else dict(t)
-        if t.get("type") == "NORMAL_TASK" and ("_read_shards" in t["name"] or "_write_parts" in t["name"]):
+        if "_read_shards" in t["name"] or "_write_parts" in t["name"]:
             nodes.add(kinds.get(t.get("node_id"), t.get("node_id")))
     return nodes
+
+
+def _predict_tasks(cluster: LocalCluster) -> list[dict]:
+    """The model actors' batches Ray ran or runs (one entry per attempt), with their node and state."""
+    from ray.util.state import list_tasks
+
+    found = []
+    for t in list_tasks(address=cluster.dashboard_url, filters=[("type", "=", "ACTOR_TASK")], limit=10_000,
+                        raise_on_missing_output=False):
+        t = t.__dict__ if hasattr(t, "__dict__") else dict(t)
+        if "(Predict)" in t["name"]:
+            found.append({"state": t["state"], "node_id": t.get("node_id")})
+    return found
+
+
+def _bookkeeping_nodes(cluster: LocalCluster) -> dict[str, str]:
+    """Where the job's own actors lived: the read ledger and the stage meter (pipeline/job.py)."""
+    from ray.util.state import list_actors
+
+    kinds = {n.node_id: n.name for n in cluster.nodes}
+    return {a.class_name: kinds.get(a.node_id)
+            for a in list_actors(address=cluster.dashboard_url, detail=True, limit=10_000, raise_on_missing_output=False)
+            if a.class_name in ("ReadLedger", "StageMeter")}
+
+
+def test_stages_run_where_their_resources_are_and_survive_a_node_that_dies(tmp_path, cluster, s3fs_client,
+                                                                          s3_endpoint, model_uri):
+    """Three model actors over two accelerator nodes (so one runs two), the CPU stages on the CPU node.
+    Once model batches have run on an accelerator node, and before any shard is done, that node is
+    killed (raylet, workers and all). Ray restarts its actors on the other accelerator node, which has
+    room for all three, and retries their batches there: the job ends complete, every row once, every
+    stage where its resources are, and the checkpoint copied once per node."""
+    run = uuid.uuid4().hex[:8]
+    shards = 6
+    ids = _put_shards(s3fs_client, f"data/cluster-{run}", shards=shards, rows_each=50)
+    out = f"results/cluster-{run}"
+    cmd = _spec_args(tmp_path, "placed", {
+        "input": {"path": f"s3://data/cluster-{run}/"},
+        "model": {"path": model_uri, "head": "token-classification", "max_length": 64},
+        "output": {"path": f"s3://{out}/"},
+        "storage": {"endpoint_url": s3_endpoint},
+        "resources": {**PLACED, "model_actors": 3},
+        "batching": {"rows_per_batch": 5},  # many small model batches: some are in flight when the node dies
+    })
+    kinds = {n.node_id: n.name for n in cluster.nodes}
+    started = time.time()
+    proc = _start_cli(cmd, cluster)
+    victim = None
+    while victim is None and proc.poll() is None and time.time() - started < RUN_TIMEOUT_S:
+        time.sleep(0.2)
+        ran = Counter(kinds.get(t["node_id"]) for t in _predict_tasks(cluster) if t["node_id"])
+        if ran:
+            victim = next(n for n in cluster.nodes if n.name == ran.most_common(1)[0][0])
+            cluster.kill(victim)
+            shards_done_at_kill = len(s3fs_client.glob(f"{out}/_shards/*.json"))
+            killed_at = time.time() - started
+    assert victim is not None, f"the run ended before a node could be killed:\n{explain(proc.stderr.read())}"
+    code, _, err = _finish(proc)
+    wall = time.time() - started
+    s3fs_client.invalidate_cache()  # the listings taken while polling predate the outputs
+
+    actors = _job_actors(cluster)
+    placed = Counter((a["stage"], kinds[a["node_id"]]) for a in actors)
+    copies = {n.name: _copies(n, model_uri) for n in cluster.nodes}
+    print(f"\n{len(cluster.nodes)} nodes, {len(ids)} rows in {shards} shards, {wall:.1f}s; killed {victim.name} at "
+          f"{killed_at:.1f}s ({shards_done_at_kill} shards done); actors per (stage, node): {dict(placed)}; "
+          f"bookkeeping: {_bookkeeping_nodes(cluster)}; read/write tasks on {_tasks_nodes(cluster)}; copies: {copies}")
+    assert victim.name in ("accel-a", "accel-b") and shards_done_at_kill < shards
+    # The job's ledger and meter must outlive any worker node: on the driver's node (the head).
+    assert _bookkeeping_nodes(cluster) == {"ReadLedger": "head", "StageMeter": "head"}, (
+        "pipeline/job.py: schedule ReadLedger and StageMeter on the driver's node")
+    assert code == 0, explain(err)
+
+    summary = read_outputs(f"s3://{out}/", s3fs_client)
+    assert summary["summary"]["rows_read"] == summary["summary"]["rows_written"] == len(ids)
+    assert sorted(r["id"] for r in rows(summary["results"])) == sorted(ids)  # every row exactly once
+
+    # Where each stage ran, the restarted model actors included.
+    assert {kinds[a["node_id"]] for a in actors if a["stage"] == "Predict"} <= {"accel-a", "accel-b"}
+    assert any(a["restarts"] for a in actors if a["stage"] == "Predict")  # the victim's, elsewhere
+    assert {kinds[a["node_id"]] for a in actors if a["stage"] != "Predict"} == {"cpu"}
+    assert {"Tokenize", "Postprocess"} <= {a["stage"] for a in actors}
+    assert _tasks_nodes(cluster) == {"cpu"}
+    # One copy per node: the survivor ran two or three model actors (its own and the restarted ones),
+    # the CPU node the tokenizer's and the postprocessor's, the head the driver's check. The victim may
+    # have died before its copy was whole.
+    survivor = "accel-b" if victim.name == "accel-a" else "accel-a"
+    assert placed[("Predict", survivor)] >= 2
+    assert {k: v for k, v in copies.items() if k != victim.name} == {"head": 1, "cpu": 1, survivor: 1}, copies
+    assert copies[victim.name] <= 1
