@@ -167,6 +167,11 @@ def test_a_batch_equals_its_documents_one_at_a_time(models, head, granularity, o
     # Slices of a batch: Arrow offsets that do not start at 0, as Ray hands out.
     alone = pa.concat_tables([runner.postprocess(predicted.slice(i, 1)) for i in range(predicted.num_rows)])
     assert together.to_pylist() == alone.to_pylist()
+    # A batch in several chunks (as Ray may pass a block), for both stages.
+    chunks = pa.concat_tables([prepared.slice(0, 2), prepared.slice(2)])
+    assert runner.tokenize(chunks).to_pylist() == encoded.to_pylist()
+    chunks = pa.concat_tables([predicted.slice(0, 3), predicted.slice(3)])
+    assert runner.postprocess(chunks).to_pylist() == together.to_pylist()
     errors = {i: e for i, e in zip(together.column(C.ID).to_pylist(), together.column(C.ERROR).to_pylist()) if e}
     # Rejected by the reader, and by the tokenizer (format characters only): both pass through, one row each.
     assert errors == {1: "text is empty", 3: "the text has no tokens for this tokenizer"}
