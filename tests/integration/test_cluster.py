@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -106,17 +108,26 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def _job_actors(cluster: LocalCluster) -> list[dict]:
-    """The stage actors Ray ran (alive or dead), each with its stage class and node, from the state API."""
+def _job_id(cluster: LocalCluster, proc: subprocess.Popen) -> str | None:
+    """The Ray job id of the CLI run `proc` (a driver attached by address), once it has connected."""
+    from ray.job_submission import JobSubmissionClient
+
+    for job in JobSubmissionClient(cluster.dashboard_url).list_jobs():
+        if job.driver_info and str(job.driver_info.pid) == str(proc.pid):
+            return job.job_id
+    return None
+
+
+def _job_actors(cluster: LocalCluster, job_id: str) -> list[dict]:
+    """The job's stage actors (alive or dead), each with its stage class and node, from the state API."""
     from ray.util.state import list_actors
 
     found = []
-    for a in list_actors(address=cluster.dashboard_url, detail=True, limit=10_000, raise_on_missing_output=False):
-        a = a.__dict__ if hasattr(a, "__dict__") else dict(a)
-        stage = next((s for s in STAGE_OF_ACTOR if f"({s})" in (a.get("repr_name") or "")), None)
+    for a in list_actors(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)], detail=True,
+                         limit=10_000, raise_on_missing_output=False):
+        stage = next((s for s in STAGE_OF_ACTOR if f"({s})" in (a.repr_name or "")), None)
         if stage:
-            found.append({"stage": stage, "node_id": a["node_id"], "state": a["state"],
-                          "restarts": a.get("num_restarts", 0), "job_id": a["job_id"]})
+            found.append({"stage": stage, "node_id": a.node_id, "state": a.state, "restarts": a.num_restarts})
     return found
 
 
@@ -128,41 +139,93 @@ def _copies(node, model_uri: str) -> int:
     return sum(1 for line in log.read_text().splitlines() if json.loads(line)["path"] == model_uri)
 
 
-def _tasks_nodes(cluster: LocalCluster) -> set[str]:
+def _tasks_nodes(cluster: LocalCluster, job_id: str) -> set[str]:
     """The nodes the job's (non-actor) read and write tasks ran on."""
     from ray.util.state import list_tasks
 
     kinds = {n.node_id: n.name for n in cluster.nodes}
-    nodes = set()
-    for t in list_tasks(address=cluster.dashboard_url, filters=[("type", "=", "NORMAL_TASK")], detail=True,
-                        limit=10_000, raise_on_missing_output=False):
-        t = t.__dict__ if hasattr(t, "__dict__") else dict(t)
-        if "_read_shards" in t["name"] or "_write_parts" in t["name"]:
-            nodes.add(kinds.get(t.get("node_id"), t.get("node_id")))
-    return nodes
+    return {kinds.get(t.node_id, t.node_id) for t in list_tasks(
+        address=cluster.dashboard_url, filters=[("job_id", "=", job_id), ("type", "=", "NORMAL_TASK")],
+        limit=10_000, raise_on_missing_output=False) if "_read_shards" in t.name or "_write_parts" in t.name}
 
 
-def _predict_tasks(cluster: LocalCluster) -> list[dict]:
-    """The model actors' batches Ray ran or runs (one entry per attempt), with their node and state."""
+def _predict_tasks(cluster: LocalCluster, job_id: str) -> list:
+    """The job's model batches Ray ran or runs (one entry per attempt), with their node and state."""
     from ray.util.state import list_tasks
 
-    found = []
-    for t in list_tasks(address=cluster.dashboard_url, filters=[("type", "=", "ACTOR_TASK")], limit=10_000,
-                        raise_on_missing_output=False):
-        t = t.__dict__ if hasattr(t, "__dict__") else dict(t)
-        if "(Predict)" in t["name"]:
-            found.append({"state": t["state"], "node_id": t.get("node_id")})
-    return found
+    return [t for t in list_tasks(address=cluster.dashboard_url,
+                                  filters=[("job_id", "=", job_id), ("type", "=", "ACTOR_TASK")], limit=10_000,
+                                  raise_on_missing_output=False) if "(Predict)" in t.name]
 
 
-def _bookkeeping_nodes(cluster: LocalCluster) -> dict[str, str]:
+def _bookkeeping_nodes(cluster: LocalCluster, job_id: str) -> dict[str, str]:
     """Where the job's own actors lived: the read ledger and the stage meter (pipeline/job.py)."""
     from ray.util.state import list_actors
 
     kinds = {n.node_id: n.name for n in cluster.nodes}
     return {a.class_name: kinds.get(a.node_id)
-            for a in list_actors(address=cluster.dashboard_url, detail=True, limit=10_000, raise_on_missing_output=False)
+            for a in list_actors(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)], detail=True,
+                                 limit=10_000, raise_on_missing_output=False)
             if a.class_name in ("ReadLedger", "StageMeter")}
+
+
+def _readme_submit_command() -> list[str]:
+    """The README's `ray job submit` command, as a user copies it."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    [line] = [line for line in readme.splitlines() if line.startswith("ray job submit ")]
+    return shlex.split(line)
+
+
+def test_ray_job_submit_as_the_readme_says(tmp_path, cluster, s3fs_client, s3_endpoint):
+    """The README's command, run from the repository root against the head's job server: the repository
+    is uploaded as the job's working directory (without the git-ignored virtual environment and models,
+    hence the model on S3), the driver runs on the head, and the job writes complete outputs. The
+    `--set` options after it only point the job at this machine's S3 and fit its pools to this cluster."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tests.models import build_bert
+
+    run = uuid.uuid4().hex[:8]
+    local_model = build_bert(tmp_path / "model", head="token-classification", seed=1)
+    for f in local_model.iterdir():
+        s3fs_client.put_file(str(f), f"models/submit-{run}/{f.name}")
+    ids = []
+    for s in range(2):  # Parquet shards under a glob, as jobs/ner_extraction.yaml reads them
+        shard_ids = [f"p{s}-{r}" for r in range(20)]
+        ids += shard_ids
+        with s3fs_client.open(f"data/submit-{run}/shard-{s}.parquet", "wb") as f:
+            pq.write_table(pa.table({"id": shard_ids, "text": [f"Carol {i} flew to Rome with Dave." for i in shard_ids]}), f)
+
+    overrides = {
+        "input.path": f"s3://data/submit-{run}/*.parquet", "model.path": f"s3://models/submit-{run}",
+        "output.path": f"s3://results/submit-{run}/", "storage.endpoint_url": s3_endpoint,
+        "model.max_length": "64", "batching.rows_per_batch": "8",
+        "resources.gpus_per_actor": "0", "resources.cpus_per_actor": "0.5", "resources.model_actors": "1",
+        "resources.tokenize_actors": "1", "resources.postprocess_actors": "1",
+        "resources.model_resources": "{accelerator_node: 1}", "resources.cpu_stage_resources": "{cpu_node: 0.01}",
+    }
+    cmd = _readme_submit_command() + [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard_url}
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    wall = time.time() - started
+    print(f"\n{shlex.join(cmd)}\nexited {proc.returncode} after {wall:.1f}s")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+    [job_id] = set(re.findall(r"raysubmit_[A-Za-z0-9]+", proc.stdout))
+    assert JobSubmissionClient(cluster.dashboard_url).get_job_status(job_id) == JobStatus.SUCCEEDED
+    out = read_outputs(f"s3://results/submit-{run}/", s3fs_client)
+    assert out["summary"]["rows_read"] == out["summary"]["rows_written"] == len(ids)
+    assert sorted(r["id"] for r in rows(out["results"])) == sorted(ids)
+
+    # What the upload held, as unpacked for the job: the code and the specs, not the virtual
+    # environment, git history or models.
+    [package] = [p for p in Path(cluster.temp_dir).glob("session_latest/runtime_resources/working_dir_files/*")
+                 if p.is_dir()]  # beside the zip it came in
+    assert (package / "pipeline" / "job.py").is_file() and (package / "jobs" / "ner_extraction.yaml").is_file()
+    assert not [name for name in (".venv", ".git", "jobs/models", "out") if (package / name).exists()]
 
 
 def test_stages_run_where_their_resources_are_and_survive_a_node_that_dies(tmp_path, cluster, s3fs_client,
@@ -187,10 +250,13 @@ def test_stages_run_where_their_resources_are_and_survive_a_node_that_dies(tmp_p
     kinds = {n.node_id: n.name for n in cluster.nodes}
     started = time.time()
     proc = _start_cli(cmd, cluster)
-    victim = None
+    victim = job_id = None
     while victim is None and proc.poll() is None and time.time() - started < RUN_TIMEOUT_S:
         time.sleep(0.2)
-        ran = Counter(kinds.get(t["node_id"]) for t in _predict_tasks(cluster) if t["node_id"])
+        job_id = job_id or _job_id(cluster, proc)
+        if job_id is None:  # not connected yet
+            continue
+        ran = Counter(kinds.get(t.node_id) for t in _predict_tasks(cluster, job_id) if t.node_id)
         if ran:
             victim = next(n for n in cluster.nodes if n.name == ran.most_common(1)[0][0])
             cluster.kill(victim)
@@ -201,15 +267,15 @@ def test_stages_run_where_their_resources_are_and_survive_a_node_that_dies(tmp_p
     wall = time.time() - started
     s3fs_client.invalidate_cache()  # the listings taken while polling predate the outputs
 
-    actors = _job_actors(cluster)
+    actors = _job_actors(cluster, job_id)
     placed = Counter((a["stage"], kinds[a["node_id"]]) for a in actors)
     copies = {n.name: _copies(n, model_uri) for n in cluster.nodes}
     print(f"\n{len(cluster.nodes)} nodes, {len(ids)} rows in {shards} shards, {wall:.1f}s; killed {victim.name} at "
           f"{killed_at:.1f}s ({shards_done_at_kill} shards done); actors per (stage, node): {dict(placed)}; "
-          f"bookkeeping: {_bookkeeping_nodes(cluster)}; read/write tasks on {_tasks_nodes(cluster)}; copies: {copies}")
+          f"bookkeeping: {_bookkeeping_nodes(cluster, job_id)}; read/write tasks on {_tasks_nodes(cluster, job_id)}; copies: {copies}")
     assert victim.name in ("accel-a", "accel-b") and shards_done_at_kill < shards
     # The job's ledger and meter must outlive any worker node: on the driver's node (the head).
-    assert _bookkeeping_nodes(cluster) == {"ReadLedger": "head", "StageMeter": "head"}, (
+    assert _bookkeeping_nodes(cluster, job_id) == {"ReadLedger": "head", "StageMeter": "head"}, (
         "pipeline/job.py: schedule ReadLedger and StageMeter on the driver's node")
     assert code == 0, explain(err)
 
@@ -222,7 +288,7 @@ def test_stages_run_where_their_resources_are_and_survive_a_node_that_dies(tmp_p
     assert any(a["restarts"] for a in actors if a["stage"] == "Predict")  # the victim's, elsewhere
     assert {kinds[a["node_id"]] for a in actors if a["stage"] != "Predict"} == {"cpu"}
     assert {"Tokenize", "Postprocess"} <= {a["stage"] for a in actors}
-    assert _tasks_nodes(cluster) == {"cpu"}
+    assert _tasks_nodes(cluster, job_id) == {"cpu"}
     # One copy per node: the survivor ran two or three model actors (its own and the restarted ones),
     # the CPU node the tokenizer's and the postprocessor's, the head the driver's check. The victim may
     # have died before its copy was whole.
