@@ -135,31 +135,24 @@ class LocalCluster:
     def _wait_registered(self, node: Node) -> None:
         """The node's id, once the GCS lists it alive (read from the head's state API; before the
         dashboard answers, `ray start` of the head has not finished)."""
+        from ray.util.state import list_nodes
+
         deadline = time.time() + STARTUP_TIMEOUT_S
         while time.time() < deadline:
             if node.process.poll() is not None:
                 raise NodeStartFailed(f"ray start for node {node.name} exited {node.process.returncode}:\n"
                                       f"{node.log.read_text()[-3000:]}")
             try:
-                alive = [n for n in self.list_nodes() if n["state"] == "ALIVE"]
+                listed = list_nodes(address=self.dashboard_url, detail=True, raise_on_missing_output=False)
             except Exception:  # noqa: BLE001 - the head's dashboard is not answering yet
-                alive = []
-            found = [n["node_id"] for n in alive if f"node_{node.name}" in n["resources_total"]]
+                listed = []
+            found = [n.node_id for n in listed if n.state == "ALIVE" and f"node_{node.name}" in n.resources_total]
             if found:
                 node.node_id = found[0]
                 return
             time.sleep(0.5)
         raise NodeStartFailed(f"node {node.name} did not join within {STARTUP_TIMEOUT_S}s:\n"
                               f"{node.log.read_text()[-3000:]}")
-
-    def list_nodes(self) -> list[dict]:
-        from ray.util.state import list_nodes
-
-        return [n.__dict__ if hasattr(n, "__dict__") else dict(n) for n in
-                list_nodes(address=self.dashboard_url, detail=True, raise_on_missing_output=False)]
-
-    def node_of(self, node_id: str) -> Node:
-        return next(n for n in self.nodes if n.node_id == node_id)
 
     def kill(self, node: Node) -> None:
         """End the node at once, as a machine that loses power: SIGKILL to its process group (the

@@ -2,12 +2,12 @@
 and two "accelerator" nodes, each a `ray start` of its own with its own custom resources and its own
 model cache; the checkpoint, inputs and outputs on moto's S3 server.
 
-- Placement: model actors only on accelerator nodes (`resources.model_resources`), the read,
-  tokenize, postprocess and write stages only on the CPU node (`resources.cpu_stage_resources`), and
-  the `s3://` checkpoint copied once per node however many actors start there.
 - `ray job submit` through the head's job server, with the repository as the working directory, as
   the README says.
-- A node that dies mid-run: its work is redone on the other, and every row is written exactly once.
+- Placement and a node that dies mid-run, in one run: model actors only on accelerator nodes
+  (`resources.model_resources`), the read, tokenize, postprocess and write stages only on the CPU node
+  (`resources.cpu_stage_resources`), the `s3://` checkpoint copied once per node however many actors
+  start there; the killed node's work is redone on the other, and every row is written exactly once.
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 240
 
 # The layout of a GPU cluster: every model actor needs an `accelerator_node` (a node has room for the
-# job's three, so either can take over from the other), every CPU stage a sliver of `cpu_node`. Logical CPUs are a scheduling budget, not this machine's cores.
+# job's three, so either can take over from the other), every CPU stage a sliver of `cpu_node`.
+# Logical CPUs are a scheduling budget, not this machine's cores.
 CPU_NODE = ("cpu", 2, {"cpu_node": 100})
 ACCEL_NODES = [("accel-a", 2, {"accelerator_node": 3}), ("accel-b", 2, {"accelerator_node": 3})]
 PLACED = {
     "cpus_per_actor": 0.5, "model_resources": {"accelerator_node": 1}, "cpu_stage_resources": {"cpu_node": 0.01},
     "tokenize_actors": 1, "postprocess_actors": 1,
 }
-STAGE_OF_ACTOR = {"Tokenize": "cpu", "Predict": "model", "Postprocess": "cpu"}
+STAGES = ("Tokenize", "Predict", "Postprocess")  # the stage classes Ray Data names its actors after
 
 
 @pytest.fixture(scope="module")
@@ -90,22 +91,24 @@ def _spec_args(tmp_path, name: str, spec: dict) -> list[str]:
     return [sys.executable, "-m", "pipeline", "run", str(path)]
 
 
-def _start_cli(cmd: list[str], cluster: LocalCluster) -> subprocess.Popen:
+def _start_cli(cmd: list[str], cluster: LocalCluster, logs: Path) -> subprocess.Popen:
     """The CLI as a driver attached to the cluster by address; its own model cache is the head's (the
-    driver checks the model before any work). Its own session, so a hung run is ended as a whole."""
+    driver checks the model before any work). Its output goes to files (a pipe nobody reads while the
+    test polls could fill up), and it runs in its own session, so a hung run is ended as a whole."""
     env = {**cluster.env, "RAY_ADDRESS": cluster.address, "PIPELINE_MODEL_CACHE": str(cluster.nodes[0].cache)}
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+def _finish(proc: subprocess.Popen, logs: Path) -> tuple[int, str]:
+    """The exit code and stderr of a CLI run."""
     try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+        proc.wait(timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the job did not finish in {RUN_TIMEOUT_S}s:\n{explain(err)}")
-    return proc.returncode, out, err
+        proc.wait()
+        pytest.fail(f"the job did not finish in {RUN_TIMEOUT_S}s:\n{explain((logs / 'stderr').read_text())}")
+    return proc.returncode, (logs / "stderr").read_text()
 
 
 def _job_id(cluster: LocalCluster, proc: subprocess.Popen) -> str | None:
@@ -125,7 +128,7 @@ def _job_actors(cluster: LocalCluster, job_id: str) -> list[dict]:
     found = []
     for a in list_actors(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)], detail=True,
                          limit=10_000, raise_on_missing_output=False):
-        stage = next((s for s in STAGE_OF_ACTOR if f"({s})" in (a.repr_name or "")), None)
+        stage = next((s for s in STAGES if f"({s})" in (a.repr_name or "")), None)
         if stage:
             found.append({"stage": stage, "node_id": a.node_id, "state": a.state, "restarts": a.num_restarts})
     return found
@@ -249,7 +252,7 @@ def test_stages_run_where_their_resources_are_and_survive_a_node_that_dies(tmp_p
     })
     kinds = {n.node_id: n.name for n in cluster.nodes}
     started = time.time()
-    proc = _start_cli(cmd, cluster)
+    proc = _start_cli(cmd, cluster, tmp_path)
     victim = job_id = None
     while victim is None and proc.poll() is None and time.time() - started < RUN_TIMEOUT_S:
         time.sleep(0.2)
@@ -262,20 +265,21 @@ def test_stages_run_where_their_resources_are_and_survive_a_node_that_dies(tmp_p
             cluster.kill(victim)
             shards_done_at_kill = len(s3fs_client.glob(f"{out}/_shards/*.json"))
             killed_at = time.time() - started
-    assert victim is not None, f"the run ended before a node could be killed:\n{explain(proc.stderr.read())}"
-    code, _, err = _finish(proc)
+    code, err = _finish(proc, tmp_path)
+    assert victim is not None, f"the run ended before a node could be killed:\n{explain(err)}"
     wall = time.time() - started
     s3fs_client.invalidate_cache()  # the listings taken while polling predate the outputs
 
     actors = _job_actors(cluster, job_id)
     placed = Counter((a["stage"], kinds[a["node_id"]]) for a in actors)
     copies = {n.name: _copies(n, model_uri) for n in cluster.nodes}
-    print(f"\n{len(cluster.nodes)} nodes, {len(ids)} rows in {shards} shards, {wall:.1f}s; killed {victim.name} at "
-          f"{killed_at:.1f}s ({shards_done_at_kill} shards done); actors per (stage, node): {dict(placed)}; "
-          f"bookkeeping: {_bookkeeping_nodes(cluster, job_id)}; read/write tasks on {_tasks_nodes(cluster, job_id)}; copies: {copies}")
+    bookkeeping, task_nodes = _bookkeeping_nodes(cluster, job_id), _tasks_nodes(cluster, job_id)
+    print(f"\n{len(cluster.nodes)} nodes, {len(ids)} rows in {shards} shards, {wall:.1f}s; killed {victim.name} "
+          f"at {killed_at:.1f}s ({shards_done_at_kill} shards done); actors per (stage, node): {dict(placed)}; "
+          f"bookkeeping: {bookkeeping}; read/write tasks on {task_nodes}; copies: {copies}")
     assert victim.name in ("accel-a", "accel-b") and shards_done_at_kill < shards
     # The job's ledger and meter must outlive any worker node: on the driver's node (the head).
-    assert _bookkeeping_nodes(cluster, job_id) == {"ReadLedger": "head", "StageMeter": "head"}, (
+    assert bookkeeping == {"ReadLedger": "head", "StageMeter": "head"}, (
         "pipeline/job.py: schedule ReadLedger and StageMeter on the driver's node")
     assert code == 0, explain(err)
 
@@ -288,7 +292,7 @@ def test_stages_run_where_their_resources_are_and_survive_a_node_that_dies(tmp_p
     assert any(a["restarts"] for a in actors if a["stage"] == "Predict")  # the victim's, elsewhere
     assert {kinds[a["node_id"]] for a in actors if a["stage"] != "Predict"} == {"cpu"}
     assert {"Tokenize", "Postprocess"} <= {a["stage"] for a in actors}
-    assert _tasks_nodes(cluster, job_id) == {"cpu"}
+    assert task_nodes == {"cpu"}
     # One copy per node: the survivor ran two or three model actors (its own and the restarted ones),
     # the CPU node the tokenizer's and the postprocessor's, the head the driver's check. The victim may
     # have died before its copy was whole.
