@@ -172,11 +172,13 @@ def _bookkeeping_nodes(cluster: LocalCluster, job_id: str) -> dict[str, str]:
             if a.class_name in ("ReadLedger", "StageMeter")}
 
 
-def _readme_submit_command() -> list[str]:
-    """The README's `ray job submit` command, as a user copies it."""
+def _readme_submit_command(address: str) -> list[str]:
+    """The README's `ray job submit` command, as a user copies it, with `address` for its head's."""
     readme = (REPO_ROOT / "README.md").read_text()
     [line] = [line for line in readme.splitlines() if line.startswith("ray job submit ")]
-    return shlex.split(line)
+    argv = shlex.split(line)
+    argv[argv.index("--address") + 1] = address
+    return argv
 
 
 def test_ray_job_submit_as_the_readme_says(tmp_path, cluster, s3fs_client, s3_endpoint):
@@ -209,10 +211,10 @@ def test_ray_job_submit_as_the_readme_says(tmp_path, cluster, s3fs_client, s3_en
         "resources.tokenize_actors": "1", "resources.postprocess_actors": "1",
         "resources.model_resources": "{accelerator_node: 1}", "resources.cpu_stage_resources": "{cpu_node: 0.01}",
     }
-    cmd = _readme_submit_command() + [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
-    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard_url}
+    cmd = _readme_submit_command(cluster.dashboard_url)
+    cmd += [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
     started = time.time()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=cluster.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     wall = time.time() - started
     print(f"\n{shlex.join(cmd)}\nexited {proc.returncode} after {wall:.1f}s")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
