@@ -113,6 +113,11 @@ class Embedding(WindowedTextHead):
     def keep_all_windows(self) -> bool:
         return self.granularity == "token" or self.options.long_document == "mean"
 
+    def encode_schema(self):
+        # A document's vector needs no token offsets (and without them the tokenizer skips their
+        # bookkeeping); per-token rows need them for their text spans.
+        return super().encode_schema() if self.granularity == "token" else []
+
     def head_parameter_prefixes(self):
         # The encoder is the whole model; only the pooler can be missing from a checkpoint.
         return ("pooler.",) if self.pooling == "pooler" and self.granularity == "document" else ()
