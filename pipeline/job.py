@@ -399,8 +399,13 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     split = int(spec.input.split_mb * 1e6) if spec.input.split_mb else None
     pieces = plan_pieces(todo, spec.storage, split, frozenset(limits)) if split else [Piece(s.index, 0) for s in todo]
     per_shard = collections.Counter(p.shard for p in pieces)
-    ledger = ray.remote(num_cpus=0)(ReadLedger).remote(dict(per_shard))
-    meter = ray.remote(num_cpus=0)(StageMeter).remote(started_at=time.time())
+    # The job's bookkeeping lives with the driver: Ray would place an actor that needs no resources on
+    # any node, and one lost with a worker node would fail a run that Ray otherwise recovers.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    with_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ledger = ray.remote(num_cpus=0, scheduling_strategy=with_driver)(ReadLedger).remote(dict(per_shard))
+    meter = ray.remote(num_cpus=0, scheduling_strategy=with_driver)(StageMeter).remote(started_at=time.time())
     columns, optional = reader_columns(spec)
     read = functools.partial(_read_shards, shards={s.index: s for s in shards}, pieces=pieces, columns=columns,
                              optional=optional,

@@ -68,7 +68,7 @@ def _max_length_description() -> str:
 
 class ModelSpec(_Strict):
     path: str = Field(
-        description="Checkpoint: a local directory, an `s3://` prefix (copied once per actor to a local cache), "
+        description="Checkpoint: a local directory, an `s3://` prefix (copied once per node to a local cache), "
         "or a model-hub name where a hub is reachable."
     )
     head: HeadName = Field(description="Which head to run.")
