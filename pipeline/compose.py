@@ -134,7 +134,7 @@ def apply(ds, spec: JobSpec | dict | str | Path):
     used = {*columns.values(), spec.input.id_column}
     carried = [name for name in have if name not in used]
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"columns": carried})})
-    head = load_head(spec)  # the tokenizer, config and head's weights are checked here, not in each actor
+    head = load_head(spec)  # the tokenizer, config and architecture are checked here, before any work
     if spec.output.granularity not in head.granularities:
         raise SpecError(f"output.granularity: {spec.model.head} supports {', '.join(head.granularities)}")
     if ERROR_COLUMN in carried:
