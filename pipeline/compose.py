@@ -141,7 +141,6 @@ def apply(ds, spec: JobSpec | dict | str | Path):
         raise SpecError(f"the dataset has a column {ERROR_COLUMN!r}, which apply's output uses for row errors; "
                         "rename it first (ds.rename_columns)")
     has_id = spec.input.id_column in have
-    ds = ds.repartition(target_num_rows_per_block=spec.batching.rows_per_batch)  # stream, not block by block
     ds = ds.map_batches(_Prepare(spec, columns, optional, has_id), batch_format="pyarrow",
                         batch_size=spec.batching.rows_per_batch, zero_copy_batch=True,
                         num_cpus=TOKENIZE_CPUS, resources=spec.resources.cpu_stage_resources or None)

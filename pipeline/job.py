@@ -415,12 +415,11 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     cpu_nodes = res.cpu_stage_resources
     # One loop over the stage descriptions: read -> the head's stages (as pipeline.apply) -> write.
     ds = ray.data.from_items([{"piece": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
-    ds = compose(ds, [Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy")],
-                 spec, meter)
-    # A shard leaves its reader as one block; cut in blocks of a batch, it streams through the stages
-    # (the model starts on the first batch, the display and the markers move during the run).
-    ds = ds.repartition(target_num_rows_per_block=spec.batching.rows_per_batch)
-    ds = compose(ds, [*stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)], spec, meter)
+    ds = compose(ds, [
+        Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy"),
+        *stages,
+        Stage("write", write, READ_CPUS, resources=cpu_nodes),
+    ], spec, meter)
 
     completion = ShardCompletion(spec, shards, todo, output, fields, record, markers, failed,
                                  ledger=ledger, finalize=ray.remote(num_cpus=0)(finalize_shard), limits=limits)
