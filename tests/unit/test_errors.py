@@ -404,7 +404,7 @@ def test_head_options_several_heads_have_and_none_has():
         ({"output": {"columns": "url"}}, "output.columns: 'url' is not a list; give a list, e.g. [a, b]"),
         ({"output": {"columns": [1]}}, "output.columns[0]: 1 is not text; quote it in the YAML ('1')"),
         ({"model": {"path": None}}, "model.path: has no value; add it (Checkpoint: a local directory, an `s3://` "
-                                    "prefix (copied once per actor to a local cache), or a model-hub name where a hub "
+                                    "prefix (copied once per node to a local cache), or a model-hub name where a hub "
                                     "is reachable)"),
         ({"input": "d.jsonl"}, "input: 'd.jsonl' is not a section; write its keys (path, format, id_column, "
                                "text_column, text_pair_column, question_column, context_column, split_mb) indented under input:"),
