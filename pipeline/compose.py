@@ -42,12 +42,16 @@ class Stage:
     batch_format: str = "pyarrow"
 
 
-def model_stages(spec) -> list[Stage]:
-    """The three stages every head runs, sized by `resources.*` and placed by its custom resources."""
+def model_stages(spec, fused: bool = False) -> list[Stage]:
+    """The three stages every head runs, sized by `resources.*` and placed by its custom resources.
+    `fused`: the three in the model actors instead (`ModelStages`), for a laptop's run on CPU."""
     from pipeline.predict import Predict
     from pipeline.stages import Postprocess, Tokenize
 
     res, rows = spec.resources, spec.batching.rows_per_batch
+    if fused:
+        return [Stage("model", ModelStages, res.cpus_per_actor or 1.0, res.model_actors, batch_size=rows,
+                      resources=res.model_resources)]
     cpu_nodes = res.cpu_stage_resources
     return [
         Stage("tokenize", Tokenize, TOKENIZE_CPUS, res.tokenize_actors, resources=cpu_nodes, batch_size=rows),
@@ -76,6 +80,43 @@ def compose(ds, stages: list[Stage], spec, meter=None):
     return ds
 
 
+class ModelStages:
+    """tokenize -> predict -> postprocess in one actor, one batch after the other. On a laptop the model
+    takes every core and the CPU stages take a few per cent of its time, while an actor of their own
+    costs more than their work: a process that imports torch and transformers and loads the
+    tokenizer (about 5 CPU seconds each on 2 cores), and every batch through the object store twice."""
+
+    def __init__(self, spec):
+        from pipeline.predict import Predict
+        from pipeline.stages import Postprocess, Tokenize, load_head
+
+        head = load_head(spec)
+        self.parts = (("tokenize", Tokenize(spec, head)), ("predict", Predict(spec, head)),
+                      ("postprocess", Postprocess(spec, head)))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for _, part in self.parts:
+            batch = part(batch)
+        return batch
+
+
+def in_blocks_of(ds, rows: int, num_cpus: float, resources: dict | None):
+    """`ds.repartition(target_num_rows_per_block=rows)` fused into the map before it, whose Ray
+    `num_cpus` and `resources` are given: a block that map yields whole (a shard's reader output, one
+    block under Ray Data's 128 MiB buffer) goes on in blocks of `rows`, so the stages after it stream.
+    Ray Data 2.60 fuses the cut only into a map with the same remote args, and `repartition` gives it
+    none (one CPU a task): alone it waited for a CPU that the actor pools held, and a run on 2 CPUs
+    stalled. So the same operator is built with the map's args (Ray Data's own logical operator)."""
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators import StreamingRepartition
+    from ray.data.dataset import Dataset
+
+    args = {"num_cpus": num_cpus, **({"resources": resources} if resources else {})}
+    op = StreamingRepartition(target_num_rows_per_block=rows, input_dependencies=[ds._logical_plan.dag],
+                              ray_remote_args=args)
+    return Dataset._from_parent(ds, LogicalPlan(op, ds.context))
+
+
 def _bound(stage_class, stage: str, spec, meter):
     """`stage_class` as a Ray Data actor class built with `spec` and, with a meter, reporting each
     batch to it. The spec and the meter are bound to the class rather than passed as constructor
@@ -87,12 +128,15 @@ def _bound(stage_class, stage: str, spec, meter):
             super().__init__(spec)
 
         def __call__(self, batch: pa.Table) -> pa.Table:
-            t0 = time.perf_counter()
-            out = super().__call__(batch)
-            if meter is not None:
-                rows = out.num_rows if stage != "postprocess" else column_sum(out, DOCUMENTS)
-                meter.record.remote(stage, time.time(), time.perf_counter() - t0, rows, column_sum(out, C.N_TOKENS))
-            return out
+            # A fused class reports each of its parts under the part's own name.
+            for name, part in getattr(self, "parts", None) or ((stage, super().__call__),):
+                t0 = time.perf_counter()
+                batch = part(batch)
+                if meter is not None:
+                    rows = batch.num_rows if name != "postprocess" else column_sum(batch, DOCUMENTS)
+                    meter.record.remote(name, time.time(), time.perf_counter() - t0, rows,
+                                        column_sum(batch, C.N_TOKENS))
+            return batch
 
     Bound.__name__ = Bound.__qualname__ = stage_class.__name__  # Ray names actors after the class
     return Bound
@@ -144,6 +188,8 @@ def apply(ds, spec: JobSpec | dict | str | Path):
     ds = ds.map_batches(_Prepare(spec, columns, optional, has_id), batch_format="pyarrow",
                         batch_size=spec.batching.rows_per_batch, zero_copy_batch=True,
                         num_cpus=TOKENIZE_CPUS, resources=spec.resources.cpu_stage_resources or None)
+    # Blocks of one batch, as in the job, cut in _Prepare's tasks.
+    ds = in_blocks_of(ds, spec.batching.rows_per_batch, TOKENIZE_CPUS, spec.resources.cpu_stage_resources)
     ds = compose(ds, model_stages(spec), spec)
     return ds.map_batches(_Finish(has_id, spec.input.id_column), batch_format="pyarrow", batch_size=None,
                           zero_copy_batch=True, num_cpus=POSTPROCESS_CPUS,

@@ -19,7 +19,7 @@ import time
 
 import pyarrow as pa
 
-from pipeline.compose import Stage, column_sum, compose, model_stages
+from pipeline.compose import Stage, column_sum, compose, in_blocks_of, model_stages
 from pipeline.heads import head_class
 from pipeline.lease import Lease
 from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
@@ -58,7 +58,7 @@ def validate(spec, check_writable: bool = True) -> dict:
     """Everything `run` checks before it starts: paths apart, input reachable with the configured
     columns, output writable, model loadable with the head's weights. Returns facts for the CLI to
     print. Raises SpecError / InputError / ModelError."""
-    from pipeline.models import load_model, model_identity
+    from pipeline.models import check_model, model_identity
     from pipeline.stages import load_head
 
     _check_paths_apart(spec.input.path, spec.output.path)
@@ -70,7 +70,7 @@ def validate(spec, check_writable: bool = True) -> dict:
     if spec.output.granularity not in head.granularities:
         raise SpecError(f"output.granularity: {spec.model.head} supports {', '.join(head.granularities)}")
     model_dir = head.ctx.extra["model_dir"]
-    load_model(model_dir, head, spec.model, device="cpu")
+    check_model(model_dir, head, spec.model)
     return {"shards": shards, "head": head, "model_dir": model_dir,
             "model": model_identity(spec.model.path, spec.storage)}
 
@@ -174,6 +174,16 @@ def _with_model_cpus(spec):
     starts_local_ray = not (ray.is_initialized() or _cluster_address(spec))
     cpus = float(os.cpu_count() or 1) if starts_local_ray and not res.gpus_per_actor else 1.0
     return spec.model_copy(update={"resources": res.model_copy(update={"cpus_per_actor": cpus})})
+
+
+def _is_laptop_run(spec) -> bool:
+    """The job will start its own local Ray on CPU and the spec sizes no pool and no model CPUs: the
+    stages then run fused in the model actor (compose.ModelStages), which gets every core."""
+    import ray
+
+    res = spec.resources
+    sized = {"cpus_per_actor", "tokenize_actors", "postprocess_actors"} & res.model_fields_set
+    return not (sized or res.gpus_per_actor or ray.is_initialized() or _cluster_address(spec))
 
 
 def _cluster_address(spec) -> str | None:
@@ -383,9 +393,10 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     import ray
     from ray.data import DataContext
 
+    laptop = _is_laptop_run(spec)
     spec = _with_model_cpus(spec)
     res = spec.resources
-    stages = model_stages(spec)
+    stages = model_stages(spec, fused=laptop)
     cpus_needed = READ_CPUS + sum(s.num_cpus * pool_bounds(s.actors)[1] for s in stages)
     local = _init_ray(spec, cpus_needed, verbose)
     if res.gpus_per_actor:
@@ -415,11 +426,13 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     cpu_nodes = res.cpu_stage_resources
     # One loop over the stage descriptions: read -> the head's stages (as pipeline.apply) -> write.
     ds = ray.data.from_items([{"piece": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
-    ds = compose(ds, [
-        Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy"),
-        *stages,
-        Stage("write", write, READ_CPUS, resources=cpu_nodes),
-    ], spec, meter)
+    ds = compose(ds, [Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy")],
+                 spec, meter)
+    # A shard would leave its reader as one block (Ray Data's 128 MiB output buffer) and go from stage
+    # to stage whole; cut into blocks of a batch, it streams (the model starts on the first batch; the
+    # display and the markers move during a one-file run). The cut runs in the read tasks.
+    ds = in_blocks_of(ds, spec.batching.rows_per_batch, READ_CPUS, cpu_nodes)
+    ds = compose(ds, [*stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)], spec, meter)
 
     completion = ShardCompletion(spec, shards, todo, output, fields, record, markers, failed,
                                  ledger=ledger, finalize=ray.remote(num_cpus=0)(finalize_shard), limits=limits)

@@ -382,10 +382,59 @@ def load_config(model_dir: str, trust_remote_code: bool = False):
         raise ModelError(f"model.path: cannot load a model config from {model_dir} ({type(e).__name__}: {e})") from None
 
 
+def check_model(model_dir: str, head, model_spec) -> None:
+    """The driver's check, before any work, that the model actors will load the head's weights
+    (ModelError if not). When the files alone tell (`_saved_by_head_class`), nothing is loaded: the
+    driver would spend seconds of CPU on a model it never runs. Otherwise the full load says precisely
+    what is wrong. The actors load with the same check either way."""
+    if not model_spec.trust_remote_code and _saved_by_head_class(model_dir, head):
+        return
+    load_model(model_dir, head, model_spec, device="cpu")
+
+
+def _saved_by_head_class(model_dir: str, head) -> bool:
+    """True when `config.architectures` names the very class the head loads for this model type (what
+    transformers' Auto mapping gives) and its safetensors files are whole. `save_pretrained` writes
+    every weight of its class, so such a checkpoint holds the head's. False for anything else: a bare
+    encoder, another head's checkpoint, pickle weights, a file cut short."""
+    import transformers
+
+    config = head.config
+    try:
+        mapping = getattr(transformers, head.auto_class)._model_mapping._model_mapping  # model type -> class name
+        wanted = mapping.get(config.model_type)
+    except AttributeError:  # another transformers: let the load decide
+        return False
+    if not wanted or list(getattr(config, "architectures", None) or []) != [wanted]:
+        return False
+    folder = Path(model_dir)
+    index = folder / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (folder / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            return False
+        return all(_safetensors_whole(folder / name) for name in files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """The file is as long as its header says: 8 bytes of header length, the JSON header, then the
+    tensors, the last of which ends at the largest `data_offsets` end."""
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    ends = [t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"]
+    return bool(ends) and path.stat().st_size == 8 + size + max(ends)
+
+
 def load_model(model_dir: str, head, model_spec, device: str = "cpu", dtype=None, check_head: bool = True):
     """Load the head's AutoModel class; refuse a checkpoint whose head weights would be random."""
     import transformers
-
+    from safetensors import SafetensorError
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per actor per load is noise in job logs
@@ -405,7 +454,7 @@ def load_model(model_dir: str, head, model_spec, device: str = "cpu", dtype=None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model, info = auto_class.from_pretrained(model_dir, **kwargs)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # a file cut short or corrupt raises the latter
         msg = str(e)
         if "safetensors" in msg.lower() or "model.safetensors" in msg:
             raise ModelError(

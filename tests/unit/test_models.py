@@ -350,3 +350,48 @@ def test_architectures_refused(architectures, head, trained_for):
 
     with pytest.raises(ModelError, match=f"set model.head: {trained_for},.* random {head} head$"):
         check_architecture(BertConfig(architectures=architectures), head, allow_random_head=False)
+
+
+# -- the driver's check before any work ------------------------------------------------------------
+
+def _refuse_loads(monkeypatch) -> list:
+    loads = []
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a[0]) or None)
+    return loads
+
+
+def test_a_checkpoint_of_the_class_the_head_loads_is_checked_without_loading_it(bert_a, monkeypatch):
+    spec = _spec(bert_a, "token-classification")
+    head = load_head(spec)
+    loads = _refuse_loads(monkeypatch)
+    models.check_model(str(bert_a), head, spec.model)
+    assert loads == []
+
+
+@pytest.mark.parametrize("cut", ["header", "tensors"])
+def test_a_cut_or_foreign_checkpoint_gets_the_full_load(bert_a, tmp_path, monkeypatch, cut):
+    """Only a whole safetensors file of the head's own class skips the load; anything else is loaded,
+    and the load's own error is what the user sees."""
+    import shutil
+
+    broken = tmp_path / "cut"
+    shutil.copytree(bert_a, broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:20] if cut == "header" else data[:-64])
+    spec = _spec(broken, "token-classification")
+    head = load_head(spec)
+    loads = _refuse_loads(monkeypatch)
+    models.check_model(str(broken), head, spec.model)
+    assert loads == [str(broken)]
+    monkeypatch.undo()
+    with pytest.raises(ModelError, match="model.path: cannot load weights from"):
+        models.check_model(str(broken), head, spec.model)
+
+
+def test_a_bare_encoder_for_a_token_classifier_is_refused_by_the_check(tmp_path, minilm_dir):
+    encoder = _save_bert(tmp_path / "encoder", "BertModel", minilm_dir)
+    spec = _spec(encoder, "token-classification")
+    head = load_head(spec)  # a base model passes the architecture check; the weights decide
+    with pytest.raises(ModelError, match="has no trained weights for the token-classification head"):
+        models.check_model(str(encoder), head, spec.model)
