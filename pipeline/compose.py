@@ -1,6 +1,7 @@
 """The head's stages on a Ray Dataset, composed by one loop over stage descriptions (the way Ray's
 `ray.data.llm` processors are built): tokenize -> predict -> postprocess, each a plain callable over
-`pyarrow.Table` batches (pipeline/stages.py, pipeline/predict.py) run in its own actor pool.
+`pyarrow.Table` batches (pipeline/stages.py, pipeline/predict.py) run in its own actor pool, or, on
+a laptop's run, all three in the model actor (`ModelStages`).
 
 Two users of the loop:
 - `apply(ds, spec)`, for people who already have a `ray.data.Dataset`: adds the head's output columns

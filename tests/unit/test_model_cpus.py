@@ -42,3 +42,17 @@ def test_one_cpu_on_gpus_or_a_cluster(no_cluster, monkeypatch, case):
     if case == "attached":  # a Ray someone else started and sized (a test session, a notebook)
         monkeypatch.setattr(ray, "is_initialized", lambda: True)
     assert _with_model_cpus(spec).resources.cpus_per_actor == 1.0
+
+
+def test_a_laptop_run_fuses_the_stages_unless_the_spec_sizes_them(no_cluster, monkeypatch):
+    from pipeline.compose import ModelStages, model_stages
+    from pipeline.job import _is_laptop_run
+
+    assert _is_laptop_run(_spec())
+    [fused] = model_stages(_with_model_cpus(_spec()), fused=True)
+    assert fused.fn is ModelStages and fused.num_cpus == os.cpu_count()
+    for sized in ({"tokenize_actors": 2}, {"postprocess_actors": 1}, {"cpus_per_actor": 1}, {"gpus_per_actor": 1}):
+        assert not _is_laptop_run(_spec(**sized)), sized
+    assert [s.name for s in model_stages(_spec(tokenize_actors=2))] == ["tokenize", "predict", "postprocess"]
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a Ray someone else started
+    assert not _is_laptop_run(_spec())
