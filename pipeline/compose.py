@@ -49,17 +49,20 @@ def model_stages(spec, fused: bool = False) -> list[Stage]:
     from pipeline.predict import Predict
     from pipeline.stages import Postprocess, Tokenize
 
-    res, rows = spec.resources, spec.batching.rows_per_batch
+    # batch_size None: a batch is one block, which `in_blocks_of` cut to at most rows_per_batch documents
+    # of one shard. Batches that Ray Data bundled across blocks would depend on which blocks arrived
+    # together, and so would the micro-batches and the scores' last bits: a resumed run would not
+    # give a full run's results bit for bit.
+    res = spec.resources
     if fused:
-        return [Stage("model", ModelStages, res.cpus_per_actor or 1.0, res.model_actors, batch_size=rows,
+        return [Stage("model", ModelStages, res.cpus_per_actor or 1.0, res.model_actors,
                       resources=res.model_resources)]
     cpu_nodes = res.cpu_stage_resources
     return [
-        Stage("tokenize", Tokenize, TOKENIZE_CPUS, res.tokenize_actors, resources=cpu_nodes, batch_size=rows),
+        Stage("tokenize", Tokenize, TOKENIZE_CPUS, res.tokenize_actors, resources=cpu_nodes),
         Stage("predict", Predict, res.cpus_per_actor or 1.0, res.model_actors, num_gpus=res.gpus_per_actor or None,
-              resources=res.model_resources, batch_size=rows),
-        Stage("postprocess", Postprocess, POSTPROCESS_CPUS, res.postprocess_actors, resources=cpu_nodes,
-              batch_size=rows),
+              resources=res.model_resources),
+        Stage("postprocess", Postprocess, POSTPROCESS_CPUS, res.postprocess_actors, resources=cpu_nodes),
     ]
 
 
