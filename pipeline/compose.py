@@ -88,7 +88,8 @@ class ModelStages:
     """tokenize -> predict -> postprocess in one actor, one batch after the other. On a laptop the model
     takes every core and the CPU stages take a few per cent of its time, while an actor of their own
     costs more than their work: a process that imports torch and transformers and loads the
-    tokenizer (about 5 CPU seconds each on 2 cores), and every batch through the object store twice."""
+    tokenizer (about 5 CPU seconds each on 2 cores), and every batch through the object store twice.
+    `_bound` runs its `parts` in order, each reporting under its own name."""
 
     def __init__(self, spec):
         from pipeline.predict import Predict
@@ -97,11 +98,6 @@ class ModelStages:
         head = load_head(spec)
         self.parts = (("tokenize", Tokenize(spec, head)), ("predict", Predict(spec, head)),
                       ("postprocess", Postprocess(spec, head)))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        for _, part in self.parts:
-            batch = part(batch)
-        return batch
 
 
 def in_blocks_of(ds, rows: int, num_cpus: float, resources: dict | None):

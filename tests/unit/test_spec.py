@@ -80,6 +80,8 @@ def test_laptop_spec_is_the_demo_ner_job():
     assert isinstance(spec.head, TokenClassificationHead) and spec.head.aggregation_strategy == "simple"
     # No cpus_per_actor: a laptop gives the model actor every core (pipeline.job._with_model_cpus).
     assert (spec.resources.model_actors, spec.resources.cpus_per_actor, spec.resources.gpus_per_actor) == (1, None, 0)
+    # No pool sizes for the CPU stages: a laptop run fuses them into the model actor (job._is_laptop_run).
+    assert not {"tokenize_actors", "postprocess_actors"} & spec.resources.model_fields_set
     assert spec.model.max_length == 128
 
 
