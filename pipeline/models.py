@@ -421,6 +421,17 @@ def _saved_by_head_class(model_dir: str, head) -> bool:
         return False
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def weights_bytes(model_dir: str) -> int:
+    """Bytes of the weight files in a local checkpoint folder (what a model actor's memory must hold)."""
+    try:
+        return sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    except OSError:
+        return 0
+
+
 def _safetensors_whole(path: Path) -> bool:
     """The file is as long as its header says: 8 bytes of header length, the JSON header, then the
     tensors, the last of which ends at the largest `data_offsets` end."""

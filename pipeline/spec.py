@@ -170,13 +170,15 @@ def pool_bounds(count: "int | ActorRange") -> tuple[int, int]:
 
 
 class ResourcesSpec(_Strict):
-    model_actors: ActorCount = Field(1, description=f"Model actors in the pool. {_POOL}")
+    model_actors: ActorCount = Field(1, description=f"Model actors in the pool. {_POOL} Unset on a laptop run (the job "
+                                     "starts its own local Ray on CPU and sizes no pool): one per core, as "
+                                     "memory allows, each with one torch thread.")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per model actor; 0 runs on CPU.")
     cpus_per_actor: float | None = Field(
         None,
         gt=0,
-        description="CPUs per model actor (torch threads on CPU). Default: every core of this machine when the job "
-        "starts its own local Ray and runs on CPU (a laptop: the model is the heavy stage), else 1.",
+        description="CPUs per model actor (torch threads on CPU). Default: when the job starts its own local Ray and "
+        "runs on CPU, this machine's cores shared out among the model actors (the model is the heavy stage), else 1.",
     )
     model_resources: dict[str, float] = Field(
         {},

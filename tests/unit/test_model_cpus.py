@@ -1,4 +1,6 @@
-"""resources.cpus_per_actor's default: every core for a laptop's own local Ray on CPU, else 1."""
+"""resources.cpus_per_actor's default (and a laptop run's model_actors): the cores shared out among the
+model actors when the job starts its own local Ray on CPU, a single-threaded actor per core on a laptop
+run, else 1."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import os
 import pytest
 import ray
 
-from pipeline.job import _with_model_cpus
+from pipeline.job import ACTOR_BASE_BYTES, _with_model_cpus, laptop_model_actors
 from pipeline.spec import spec_from_dict
 
 
@@ -25,9 +27,38 @@ def no_cluster(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
 
 
-def test_a_local_cpu_run_gives_the_model_every_core(no_cluster):
+def test_a_laptop_run_gives_each_core_a_single_threaded_model_actor(no_cluster, monkeypatch):
+    import pipeline.job
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(pipeline.job, "_physical_memory", lambda: 64 << 30)
     assert _spec().resources.cpus_per_actor is None
-    assert _with_model_cpus(_spec()).resources.cpus_per_actor == os.cpu_count()
+    res = _with_model_cpus(_spec(), model_bytes=400 << 20).resources
+    assert (res.model_actors, res.cpus_per_actor) == (4, 1.0)
+    # Memory for two actors only (half of it, at 1 GiB + twice the weights each): the threads make up.
+    monkeypatch.setattr(pipeline.job, "_physical_memory", lambda: 2 * 2 * (ACTOR_BASE_BYTES + 2 * (400 << 20)))
+    res = _with_model_cpus(_spec(), model_bytes=400 << 20).resources
+    assert (res.model_actors, res.cpus_per_actor) == (2, 2.0)
+
+
+def test_laptop_model_actors_fit_cores_and_memory():
+    gib = 1 << 30
+    assert laptop_model_actors(8, 0, 64 * gib) == 8
+    assert laptop_model_actors(8, gib, 16 * gib) == 2  # 8 GiB for actors of 3 GiB each
+    assert laptop_model_actors(8, 8 * gib, 16 * gib) == 1  # never none
+    assert laptop_model_actors(8, gib, None) == 8  # memory unknown: one per core
+    assert laptop_model_actors(1, 0, 64 * gib) == 1
+
+
+def test_a_pool_the_spec_sizes_shares_the_cores(no_cluster, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    res = _with_model_cpus(_spec(model_actors=2)).resources
+    assert (res.model_actors, res.cpus_per_actor) == (2, 4.0)
+    res = _with_model_cpus(_spec(model_actors={"min": 1, "max": 16})).resources
+    assert res.cpus_per_actor == 1.0  # never less than one thread
+    # Pools for the CPU stages: not a fused laptop run, so the model keeps its one actor and every core.
+    res = _with_model_cpus(_spec(tokenize_actors=1)).resources
+    assert (res.model_actors, res.cpus_per_actor) == (1, 8.0)
 
 
 def test_what_the_spec_says_wins(no_cluster):
@@ -49,8 +80,9 @@ def test_a_laptop_run_fuses_the_stages_unless_the_spec_sizes_them(no_cluster, mo
     from pipeline.job import _is_laptop_run
 
     assert _is_laptop_run(_spec())
-    [fused] = model_stages(_with_model_cpus(_spec()), fused=True)
-    assert fused.fn is ModelStages and fused.num_cpus == os.cpu_count()
+    assert _is_laptop_run(_spec(model_actors=1))  # sizing the model pool alone keeps the run fused
+    [fused] = model_stages(_with_model_cpus(_spec(model_actors=1)), fused=True)
+    assert fused.fn is ModelStages and fused.num_cpus == os.cpu_count() and fused.actors == 1
     for sized in ({"tokenize_actors": 2}, {"postprocess_actors": 1}, {"cpus_per_actor": 1}, {"gpus_per_actor": 1}):
         assert not _is_laptop_run(_spec(**sized)), sized
     assert [s.name for s in model_stages(_spec(tokenize_actors=2))] == ["tokenize", "predict", "postprocess"]

@@ -395,3 +395,11 @@ def test_a_bare_encoder_for_a_token_classifier_is_refused_by_the_check(tmp_path,
     head = load_head(spec)  # a base model passes the architecture check; the weights decide
     with pytest.raises(ModelError, match="has no trained weights for the token-classification head"):
         models.check_model(str(encoder), head, spec.model)
+
+
+def test_weights_bytes_counts_the_weight_files_only(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"x" * 200)
+    (tmp_path / "config.json").write_text("{}" * 500)  # not weights
+    assert models.weights_bytes(str(tmp_path)) == 1200
+    assert models.weights_bytes(str(tmp_path / "missing")) == 0

@@ -78,10 +78,10 @@ def test_laptop_spec_is_the_demo_ner_job():
     assert spec.input.path == "jobs/data/sample.jsonl"
     assert spec.output.path == "out/laptop"
     assert isinstance(spec.head, TokenClassificationHead) and spec.head.aggregation_strategy == "simple"
-    # No cpus_per_actor: a laptop gives the model actor every core (pipeline.job._with_model_cpus).
-    assert (spec.resources.model_actors, spec.resources.cpus_per_actor, spec.resources.gpus_per_actor) == (1, None, 0)
-    # No pool sizes for the CPU stages: a laptop run fuses them into the model actor (job._is_laptop_run).
-    assert not {"tokenize_actors", "postprocess_actors"} & spec.resources.model_fields_set
+    # No pool sizes and no model CPUs: a laptop run fuses the stages into the model actors
+    # (job._is_laptop_run), a single-threaded actor per core as memory allows (job._with_model_cpus).
+    assert spec.resources.gpus_per_actor == 0
+    assert not {"model_actors", "cpus_per_actor", "tokenize_actors", "postprocess_actors"} & spec.resources.model_fields_set
     assert spec.model.max_length == 128
 
 
