@@ -59,21 +59,50 @@ def validate(spec, check_writable: bool = True) -> dict:
     """Everything `run` checks before it starts: paths apart, input reachable with the configured
     columns, output writable, model loadable with the head's weights. Returns facts for the CLI to
     print. Raises SpecError / InputError / ModelError."""
-    from pipeline.models import check_model, model_identity
-    from pipeline.stages import load_head
+    shards = _check_input(spec)
+    if check_writable:
+        _check_writable(OutputDir(spec.output.path, spec.storage))
+    return {"shards": shards, **_check_head(spec)}
 
+
+def _check_input(spec) -> list:
+    """The input's shards, after the quick checks: paths apart, input reachable, columns present."""
     _check_paths_apart(spec.input.path, spec.output.path)
     shards = list_shards(spec.input, spec.storage)
     _check_columns(spec, shards)
-    if check_writable:
-        _check_writable(OutputDir(spec.output.path, spec.storage))
+    return shards
+
+
+def _check_head(spec) -> dict:
+    """The slow checks (seconds: transformers, the tokenizer, the checkpoint's weights): the head loads
+    and the model has its weights."""
+    from pipeline.models import check_model, model_identity
+    from pipeline.stages import load_head
+
     head = load_head(spec)
     if spec.output.granularity not in head.granularities:
         raise SpecError(f"output.granularity: {spec.model.head} supports {', '.join(head.granularities)}")
     model_dir = head.ctx.extra["model_dir"]
     check_model(model_dir, head, spec.model)
-    return {"shards": shards, "head": head, "model_dir": model_dir,
-            "model": model_identity(spec.model.path, spec.storage)}
+    return {"head": head, "model_dir": model_dir, "model": model_identity(spec.model.path, spec.storage)}
+
+
+def _checked_while_ray_starts(spec, verbose: bool) -> dict:
+    """`validate(spec)`; on a laptop run Ray starts meanwhile. The quick checks come first (input,
+    columns, output writable), so that a wrong path or column is told at once; then a thread loads the
+    tokenizer and checks the checkpoint while Ray's processes boot (about 2.5 and 4 s on 2 cores, one
+    after the other before). ray.init stays in the main thread: started from another, its first task
+    could not reach the GCS. When the model check fails, Ray is already up; the CLI stops it as it
+    exits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shards = _check_input(spec)
+    _check_writable(OutputDir(spec.output.path, spec.storage))  # one sentence naming output.path
+    with ThreadPoolExecutor(1, thread_name_prefix="check-model") as pool:
+        head = pool.submit(_check_head, spec)
+        if _is_laptop_run(spec):
+            _init_ray(spec, _laptop_cpus_needed(spec), verbose)
+        return {"shards": shards, **head.result()}
 
 
 def _normal(path: str) -> str:
@@ -217,6 +246,20 @@ def _is_laptop_run(spec) -> bool:
     return not (sized or res.gpus_per_actor or ray.is_initialized() or _cluster_address(spec))
 
 
+def _cpus_needed(stages) -> float:
+    """Ray CPUs the model stages' pools at their largest and a read task take."""
+    return READ_CPUS + sum(s.num_cpus * pool_bounds(s.actors)[1] for s in stages)
+
+
+def _laptop_cpus_needed(spec) -> float:
+    """`_cpus_needed` of a laptop run before the checkpoint's size is known: at most one CPU per core
+    in all when the spec leaves model_actors to the job (`laptop_model_actors` shares the cores out),
+    else what the spec's pool takes."""
+    if "model_actors" not in spec.resources.model_fields_set:
+        return READ_CPUS + (os.cpu_count() or 1)
+    return _cpus_needed(model_stages(_with_model_cpus(spec), fused=True))
+
+
 def _cluster_address(spec) -> str | None:
     """The Ray cluster to attach to: the spec's, RAY_ADDRESS, or the one `ray start` ran on this node."""
     address = spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
@@ -243,7 +286,7 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
     `_first_rows`). `verbose`: let Ray and the workers print their own logs."""
     display = Display(sys.stderr) if progress is None else Display(message=progress)
     started = time.time()
-    facts = validate(spec, check_writable=False)
+    facts = _checked_while_ray_starts(spec, verbose)
     shards = facts["shards"]
     limits: dict[str, int] = {}
     if limit is not None:
@@ -252,7 +295,6 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
             limit = None  # the limit holds the whole input: a full run
         shards = chosen
     output = OutputDir(spec.output.path, spec.storage)
-    _check_writable(output)  # one sentence naming output.path, before any work
     fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
     try:
         lease = Lease(output).acquire()
@@ -428,8 +470,7 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     spec = _with_model_cpus(spec, model_bytes)
     res = spec.resources
     stages = model_stages(spec, fused=laptop)
-    cpus_needed = READ_CPUS + sum(s.num_cpus * pool_bounds(s.actors)[1] for s in stages)
-    local = _init_ray(spec, cpus_needed, verbose)
+    local = _init_ray(spec, _cpus_needed(stages), verbose)
     if res.gpus_per_actor:
         _ask_for_gpus(res, local)
 
