@@ -100,9 +100,10 @@ def _checked_while_ray_starts(spec, verbose: bool) -> dict:
     _check_writable(OutputDir(spec.output.path, spec.storage))  # one sentence naming output.path
     with ThreadPoolExecutor(1, thread_name_prefix="check-model") as pool:
         head = pool.submit(_check_head, spec)
-        if _is_laptop_run(spec):
+        laptop = _is_laptop_run(spec)  # decided once: Ray is up after this
+        if laptop:
             _init_ray(spec, _laptop_cpus_needed(spec), verbose)
-        return {"shards": shards, **head.result()}
+        return {"shards": shards, "laptop": laptop, **head.result()}
 
 
 def _normal(path: str) -> str:
@@ -214,23 +215,25 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _with_model_cpus(spec, model_bytes: int = 0):
-    """The spec with resources.cpus_per_actor filled in, and on a laptop run (`_is_laptop_run`) that
-    leaves `model_actors` unset, the pool's size too (`laptop_model_actors`). When this job will start
-    its own local Ray and run on CPU, the machine's cores are shared out among the model actors (the
-    model is the heavy stage, and one torch thread would leave the other cores idle); otherwise 1 CPU
-    (a cluster's nodes, or a Ray someone else sized)."""
+def _with_model_cpus(spec, model_bytes: int = 0, laptop: bool | None = None):
+    """The spec with resources.cpus_per_actor filled in, and on a laptop run (`_is_laptop_run`, or
+    `laptop` as decided before this job started its Ray) that leaves `model_actors` unset, the pool's
+    size too (`laptop_model_actors`). When this job starts its own local Ray and runs on CPU, the
+    machine's cores are shared out among the model actors (the model is the heavy stage, and one torch
+    thread would leave the other cores idle); otherwise 1 CPU (a cluster's nodes, or a Ray someone
+    else sized)."""
     import ray
 
     res = spec.resources
     if res.cpus_per_actor is not None:
         return spec
-    starts_local_ray = not (ray.is_initialized() or _cluster_address(spec))
+    laptop = _is_laptop_run(spec) if laptop is None else laptop
+    starts_local_ray = laptop or not (ray.is_initialized() or _cluster_address(spec))
     update = {"cpus_per_actor": 1.0}
     if starts_local_ray and not res.gpus_per_actor:
         cores = os.cpu_count() or 1
         actors = res.model_actors
-        if "model_actors" not in res.model_fields_set and _is_laptop_run(spec):
+        if "model_actors" not in res.model_fields_set and laptop:
             actors = laptop_model_actors(cores, model_bytes, _physical_memory())
         update = {"model_actors": actors, "cpus_per_actor": float(max(1, cores // pool_bounds(actors)[1]))}
     return spec.model_copy(update={"resources": res.model_copy(update=update)})
@@ -350,7 +353,7 @@ def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh
     if plan.todo:
         try:
             measured = _process(spec, shards, plan.todo, limits, output, fields, record, lease, markers, failed,
-                                display, started, verbose, weights_bytes(facts["model_dir"]))
+                                display, started, verbose, facts)
         except JobFailed as e:
             error = str(e)
     t = totals([markers[s.key] for s in shards if s.key in markers])
@@ -459,15 +462,15 @@ def _ask_for_gpus(res, local: bool) -> None:
 
 
 def _process(spec, shards, todo, limits, output, fields, record, lease, markers, failed, display, started,
-             verbose, model_bytes: int = 0) -> dict:
+             verbose, facts: dict) -> dict:
     """Run the stages over the shards in `todo`; each shard's marker lands in `markers` as soon as it
     is complete, each unreadable shard in `failed`. Returns what the stages measured (StageMeter).
     Raises JobFailed when the run cannot go on."""
     import ray
     from ray.data import DataContext
 
-    laptop = _is_laptop_run(spec)
-    spec = _with_model_cpus(spec, model_bytes)
+    laptop = facts["laptop"]  # decided before this job started its Ray
+    spec = _with_model_cpus(spec, weights_bytes(facts["model_dir"]), laptop)
     res = spec.resources
     stages = model_stages(spec, fused=laptop)
     local = _init_ray(spec, _cpus_needed(stages), verbose)
@@ -537,7 +540,10 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
                         "same command to resume") from e
     finally:
         display.stop()
-    return ray.get(meter.snapshot.remote())
+    # What ran, for the summary: the pool as sized here (the spec's, or the laptop defaults).
+    pool = {"actors": res.model_actors if isinstance(res.model_actors, int) else res.model_actors.model_dump(),
+            "cpus_per_actor": res.cpus_per_actor, "gpus_per_actor": res.gpus_per_actor, "fused": laptop}
+    return {**ray.get(meter.snapshot.remote()), "model_pool": pool}
 
 
 class ShardCompletion:

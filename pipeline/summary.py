@@ -39,7 +39,8 @@ def error_verdict(t: dict, max_error_fraction: float) -> str | None:
 def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int, measured: dict | None = None,
                   limited: bool = False) -> dict:
     """`measured`: this run's StageMeter snapshot (`stages`: rows, tokens, busy seconds and rates per
-    stage; `timeline`: rows and tokens per time bucket). `limited`: a `--limit` run, status `limited`
+    stage; `timeline`: rows and tokens per time bucket) and `model_pool`, the model actors it ran
+    (pipeline/job.py). `limited`: a `--limit` run, status `limited`
     (and no `_SUCCESS`: the input is not done)."""
     measured = measured or {}
     stages = measured.get("stages", {})
@@ -65,6 +66,7 @@ def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int, meas
         # The model stage alone: its tokens over its busy seconds, summed over its actors.
         "model_busy_seconds": model.get("busy_seconds", 0.0),
         "model_tokens_per_second": model.get("tokens_per_second"),
+        "model_pool": measured.get("model_pool", {}),
         "stages": stages,
         "timeline": measured.get("timeline", {}),
         **run,

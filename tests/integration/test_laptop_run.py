@@ -25,7 +25,8 @@ def _lines() -> list:
 
 
 def test_a_laptop_run_fuses_the_stages_and_gives_the_pooled_results(tmp_path, tiny_ner_dir, ray_session):
-    from pipeline.job import run
+    from pipeline.job import _physical_memory, laptop_model_actors, run
+    from pipeline.models import weights_bytes
     from pipeline.spec import spec_from_dict
 
     src = write_jsonl(tmp_path / "in" / "docs.jsonl", _lines())
@@ -45,8 +46,13 @@ def test_a_laptop_run_fuses_the_stages_and_gives_the_pooled_results(tmp_path, ti
     # Each part reported under its own name; error rows pass through every stage.
     assert {s: stages[s]["rows"] for s in ("tokenize", "predict", "postprocess")} == {
         "tokenize": 43, "predict": 43, "postprocess": 43}
-    assert stages["predict"]["busy_seconds"] > stages["postprocess"]["busy_seconds"] > 0
+    assert all(stages[s]["busy_seconds"] > 0 for s in ("tokenize", "predict", "postprocess"))
     assert stages["predict"]["batches"] == 6  # 43 rows in blocks of 8: the shard streamed
+    # Fused, one single-threaded model actor per core as memory allows: the Ray it started itself is
+    # no reason to take the pooled path.
+    actors = laptop_model_actors(os.cpu_count(), weights_bytes(tiny_ner_dir), _physical_memory())
+    assert laptop["summary"]["model_pool"] == {"actors": actors, "cpus_per_actor": float(os.cpu_count() // actors),
+                                               "gpus_per_actor": 0, "fused": True}
 
     pooled_spec = {**spec, "output": {**spec["output"], "path": str(tmp_path / "pooled")}, "resources": SMALL_RESOURCES}
     run(spec_from_dict(pooled_spec), progress=lambda msg: None)
@@ -56,6 +62,7 @@ def test_a_laptop_run_fuses_the_stages_and_gives_the_pooled_results(tmp_path, ti
 
     assert ordered(laptop, "results") == ordered(pooled, "results")
     assert len(ordered(laptop, "errors")) == 2 and ordered(laptop, "errors") == ordered(pooled, "errors")
+    assert pooled["summary"]["model_pool"]["fused"] is False
     for key in ("rows_read", "rows_written", "rows_errored", "tokens", "windows", "label_counts"):
         assert laptop["summary"][key] == pooled["summary"][key], key
     assert json.loads(proc.stdout)["status"] == "complete"

@@ -88,3 +88,45 @@ def test_a_laptop_run_fuses_the_stages_unless_the_spec_sizes_them(no_cluster, mo
     assert [s.name for s in model_stages(_spec(tokenize_actors=2))] == ["tokenize", "predict", "postprocess"]
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a Ray someone else started
     assert not _is_laptop_run(_spec())
+
+
+def test_a_laptop_run_starts_ray_while_the_model_is_checked(no_cluster, monkeypatch):
+    """The model check (a thread) waits until Ray is starting (the main thread): run one after the
+    other, this would time out. A wrong column is told before Ray starts."""
+    import threading
+
+    import pipeline.job as job
+
+    ray_starting = threading.Event()
+    started_with = []
+    monkeypatch.setattr(job, "_check_input", lambda spec: ["shard"])
+    monkeypatch.setattr(job, "_check_writable", lambda output: None)
+    monkeypatch.setattr(job, "_check_head", lambda spec: {"checked_while_ray_started": ray_starting.wait(10)})
+    monkeypatch.setattr(job, "_init_ray", lambda spec, cpus, verbose: (started_with.append(cpus), ray_starting.set()))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    facts = job._checked_while_ray_starts(_spec(), verbose=False)
+    assert facts == {"shards": ["shard"], "laptop": True, "checked_while_ray_started": True}
+    assert started_with == [job.READ_CPUS + 4]  # room for one single-threaded model actor per core
+    assert job._laptop_cpus_needed(_spec(model_actors=2)) == job.READ_CPUS + 2 * 2.0
+
+    started_with.clear()
+    monkeypatch.setattr(job, "_check_head", lambda spec: {})
+    job._checked_while_ray_starts(_spec(tokenize_actors=1), verbose=False)  # not a laptop run
+    assert started_with == []
+
+    def wrong_column(spec):
+        raise job.InputError("input.text_column: column 'body' not in docs.jsonl")
+
+    monkeypatch.setattr(job, "_check_input", wrong_column)
+    with pytest.raises(job.InputError, match="body"):
+        job._checked_while_ray_starts(_spec(), verbose=False)
+    assert started_with == []
+
+
+def test_the_laptop_sizing_holds_once_the_job_has_started_its_ray(no_cluster, monkeypatch):
+    # Decided before Ray started (job._checked_while_ray_starts); a Ray that is up is then the job's own.
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    res = _with_model_cpus(_spec(), model_bytes=0, laptop=True).resources
+    assert (res.model_actors, res.cpus_per_actor) == (2, 1.0)
+    assert _with_model_cpus(_spec()).resources.cpus_per_actor == 1.0  # undecided: someone else's Ray
