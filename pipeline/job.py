@@ -511,6 +511,7 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
 
     completion = ShardCompletion(spec, shards, todo, output, fields, record, markers, failed,
                                  ledger=ledger, finalize=ray.remote(num_cpus=0)(finalize_shard), limits=limits)
+    display.message(_pool_line(res, laptop))
     display.start(completion.snapshot, RowTotal(todo, spec.storage, limits), started)
     last_record = 0.0
     try:
@@ -544,6 +545,15 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     pool = {"actors": res.model_actors if isinstance(res.model_actors, int) else res.model_actors.model_dump(),
             "cpus_per_actor": res.cpus_per_actor, "gpus_per_actor": res.gpus_per_actor, "fused": laptop}
     return {**ray.get(meter.snapshot.remote()), "model_pool": pool}
+
+
+def _pool_line(res, fused: bool) -> str:
+    """What the run starts, for the display: 'model: 2 actors, 1 CPU each, ...'."""
+    low, high = pool_bounds(res.model_actors)
+    each = f"{res.gpus_per_actor:g} GPU and {res.cpus_per_actor:g} CPU" if res.gpus_per_actor else \
+        f"{res.cpus_per_actor:g} CPU"
+    stages = "each tokenizes and postprocesses its own batches" if fused else "tokenize and postprocess in pools of their own"
+    return f"model: {low if low == high else f'{low} to {high}'} actor(s), {each} each; {stages}"
 
 
 class ShardCompletion:

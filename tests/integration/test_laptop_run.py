@@ -53,6 +53,8 @@ def test_a_laptop_run_fuses_the_stages_and_gives_the_pooled_results(tmp_path, ti
     actors = laptop_model_actors(os.cpu_count(), weights_bytes(tiny_ner_dir), _physical_memory())
     assert laptop["summary"]["model_pool"] == {"actors": actors, "cpus_per_actor": float(os.cpu_count() // actors),
                                                "gpus_per_actor": 0, "fused": True}
+    assert (f"model: {actors} actor(s), {os.cpu_count() // actors} CPU each; each tokenizes and postprocesses its "
+            "own batches") in proc.stderr
 
     pooled_spec = {**spec, "output": {**spec["output"], "path": str(tmp_path / "pooled")}, "resources": SMALL_RESOURCES}
     run(spec_from_dict(pooled_spec), progress=lambda msg: None)
