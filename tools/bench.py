@@ -5,8 +5,9 @@ pipeline and a bare loop, in one run on the same machine and the same generated 
     python -m tools.bench --null-model      # the CPU ceiling: a near-free model, so the rest is measured
 
 - job: `python -m pipeline run SPEC --fresh` in a subprocess, timed from its start to its exit (Python,
-  Ray and the actors' start-up included). The spec sets no resources (a local CPU run gives the model
-  actor every core) and no batching unless the flags do, so the defaults are what is measured.
+  Ray and the actors' start-up included). The spec sets no resources (a laptop run: one single-threaded
+  model actor per core, each tokenizing and postprocessing its batches) and no batching unless the
+  flags do, so the defaults are what is measured.
 - bare loop: one process, the fastest honest hand-written loop: load, tokenize into the same windows
   (the tokenizer's own overflow windows with the job's stride), sort by length, pack with the job's
   token budget (`pipeline.batching`), pad each micro-batch to its longest, run the model, softmax,
@@ -264,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ratio job / pipeline:  {job / first['pipeline']['tokens_per_second']:.2f}x")
     for i, r in enumerate(rounds):
         summary = r["job"].pop("summary")
-        print(f"\nround {i + 1} job: model busy {summary['model_busy_seconds']:.1f} s, "
-              f"{summary['model_tokens_per_second'] or 0:,.0f} tokens per model busy second, padding "
+        pool = summary.get("model_pool") or {}
+        print(f"\nround {i + 1} job: {pool.get('actors', '?')} model actor(s) x {pool.get('cpus_per_actor', '?')} CPU"
+              f"{' (fused)' if pool.get('fused') else ''}; model busy {summary['model_busy_seconds']:.1f} s (summed "
+              f"over the actors), {summary['model_tokens_per_second'] or 0:,.0f} tokens per model busy second, padding "
               f"{summary['padding_waste']:.0%}")
         print("\n".join(_stage_lines(summary, r["job"]["wall_seconds"])))
     print(json.dumps([{k: {m: round(v, 3) for m, v in res.items()} for k, res in r.items()} for r in rounds]))
