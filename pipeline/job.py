@@ -196,16 +196,30 @@ def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
 # A model actor on CPU holds about 1 GiB besides its weights (Python, torch and transformers, a batch's
 # activations), and its weights up to twice over (a half-precision checkpoint loads as float32).
 ACTOR_BASE_BYTES = 1 << 30
+# Input a laptop run's model actor must have to pay back its start (torch and transformers imported,
+# the model loaded: about 4 CPU s): jobs/laptop.yaml's 70 kB ran in 20 s with one actor of two threads
+# and in 23-26 s with two of one; 3,000 documents (890 kB) ran faster with two.
+INPUT_BYTES_PER_ACTOR = 256_000
 
 
-def laptop_model_actors(cores: int, model_bytes: int, memory_bytes: int | None) -> int:
+def laptop_model_actors(cores: int, model_bytes: int, memory_bytes: int | None, input_bytes: int | None = None) -> int:
     """Model actors for a laptop run: one per core, each with one torch thread, as many as half the
-    memory holds (at least one). On 2 cores two single-threaded actors ran the model about 7% faster
-    than one actor with two threads, whose threads wait for each other at every operation and both
-    stall whenever one of Ray's own processes takes a core."""
-    if not memory_bytes:
-        return max(1, cores)
-    return max(1, min(cores, int(memory_bytes // 2 // (ACTOR_BASE_BYTES + 2 * model_bytes))))
+    memory holds and one per INPUT_BYTES_PER_ACTOR of input (at least one; `None`: not known, no
+    limit). On 2 cores two single-threaded actors ran the model about 7% faster than one actor with
+    two threads, whose threads wait for each other at every operation and both stall whenever one of
+    Ray's own processes takes a core."""
+    actors = max(1, cores)
+    if memory_bytes:
+        actors = min(actors, int(memory_bytes // 2 // (ACTOR_BASE_BYTES + 2 * model_bytes)))
+    if input_bytes is not None:
+        actors = min(actors, input_bytes // INPUT_BYTES_PER_ACTOR)
+    return max(1, actors)
+
+
+def _input_bytes(shards) -> int | None:
+    """Bytes of the shards to run, None when a listing did not say."""
+    sizes = [s.identity.get("size") for s in shards]
+    return None if any(not isinstance(n, int) for n in sizes) else sum(sizes)
 
 
 def _physical_memory() -> int | None:
@@ -215,7 +229,7 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _with_model_cpus(spec, model_bytes: int = 0, laptop: bool | None = None):
+def _with_model_cpus(spec, model_bytes: int = 0, laptop: bool | None = None, input_bytes: int | None = None):
     """The spec with resources.cpus_per_actor filled in, and on a laptop run (`_is_laptop_run`, or
     `laptop` as decided before this job started its Ray) that leaves `model_actors` unset, the pool's
     size too (`laptop_model_actors`). When this job starts its own local Ray and runs on CPU, the
@@ -234,7 +248,7 @@ def _with_model_cpus(spec, model_bytes: int = 0, laptop: bool | None = None):
         cores = os.cpu_count() or 1
         actors = res.model_actors
         if "model_actors" not in res.model_fields_set and laptop:
-            actors = laptop_model_actors(cores, model_bytes, _physical_memory())
+            actors = laptop_model_actors(cores, model_bytes, _physical_memory(), input_bytes)
         update = {"model_actors": actors, "cpus_per_actor": float(max(1, cores // pool_bounds(actors)[1]))}
     return spec.model_copy(update={"resources": res.model_copy(update=update)})
 
@@ -470,7 +484,7 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
     from ray.data import DataContext
 
     laptop = facts["laptop"]  # decided before this job started its Ray
-    spec = _with_model_cpus(spec, weights_bytes(facts["model_dir"]), laptop)
+    spec = _with_model_cpus(spec, weights_bytes(facts["model_dir"]), laptop, _input_bytes(todo))
     res = spec.resources
     stages = model_stages(spec, fused=laptop)
     local = _init_ray(spec, _cpus_needed(stages), verbose)

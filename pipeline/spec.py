@@ -172,7 +172,7 @@ def pool_bounds(count: "int | ActorRange") -> tuple[int, int]:
 class ResourcesSpec(_Strict):
     model_actors: ActorCount = Field(1, description=f"Model actors in the pool. {_POOL} Unset on a laptop run (the job "
                                      "starts its own local Ray on CPU and sizes no pool): one per core, as "
-                                     "memory allows, each with one torch thread.")
+                                     "memory and the input's size allow, each with one torch thread.")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per model actor; 0 runs on CPU.")
     cpus_per_actor: float | None = Field(
         None,

@@ -9,7 +9,7 @@ import os
 import pytest
 import ray
 
-from pipeline.job import ACTOR_BASE_BYTES, _with_model_cpus, laptop_model_actors
+from pipeline.job import ACTOR_BASE_BYTES, INPUT_BYTES_PER_ACTOR, _with_model_cpus, laptop_model_actors
 from pipeline.spec import spec_from_dict
 
 
@@ -41,13 +41,18 @@ def test_a_laptop_run_gives_each_core_a_single_threaded_model_actor(no_cluster, 
     assert (res.model_actors, res.cpus_per_actor) == (2, 2.0)
 
 
-def test_laptop_model_actors_fit_cores_and_memory():
+def test_laptop_model_actors_fit_cores_memory_and_input():
     gib = 1 << 30
     assert laptop_model_actors(8, 0, 64 * gib) == 8
     assert laptop_model_actors(8, gib, 16 * gib) == 2  # 8 GiB for actors of 3 GiB each
     assert laptop_model_actors(8, 8 * gib, 16 * gib) == 1  # never none
     assert laptop_model_actors(8, gib, None) == 8  # memory unknown: one per core
     assert laptop_model_actors(1, 0, 64 * gib) == 1
+    # Each actor needs its share of input to pay back its start; a small sample gets one.
+    per = INPUT_BYTES_PER_ACTOR
+    assert laptop_model_actors(8, 0, 64 * gib, input_bytes=3 * per) == 3
+    assert laptop_model_actors(8, 0, 64 * gib, input_bytes=per // 4) == 1
+    assert laptop_model_actors(8, 0, 64 * gib, input_bytes=100 * per) == 8
 
 
 def test_a_pool_the_spec_sizes_shares_the_cores(no_cluster, monkeypatch):
@@ -130,3 +135,16 @@ def test_the_laptop_sizing_holds_once_the_job_has_started_its_ray(no_cluster, mo
     res = _with_model_cpus(_spec(), model_bytes=0, laptop=True).resources
     assert (res.model_actors, res.cpus_per_actor) == (2, 1.0)
     assert _with_model_cpus(_spec()).resources.cpus_per_actor == 1.0  # undecided: someone else's Ray
+
+
+def test_a_small_input_gets_one_model_actor_with_every_core(no_cluster, monkeypatch, tmp_path):
+    import pipeline.job as job
+    from pipeline.sources import list_shards
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(job, "_physical_memory", lambda: 64 << 30)
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"id": 1, "text": "Alice met Bob."}\n' * 100)
+    shards = list_shards(_spec().input.model_copy(update={"path": str(small)}), None)
+    res = _with_model_cpus(_spec(), 0, laptop=True, input_bytes=job._input_bytes(shards)).resources
+    assert (res.model_actors, res.cpus_per_actor) == (1, 4.0)
