@@ -562,7 +562,7 @@ def _process(spec, shards, todo, limits, output, fields, record, lease, markers,
 
 
 def _pool_line(res, fused: bool) -> str:
-    """What the run starts, for the display: 'model: 2 actors, 1 CPU each, ...'."""
+    """What the run starts, for the display: 'model: 2 actor(s), 1 CPU each; each tokenizes ...'."""
     low, high = pool_bounds(res.model_actors)
     each = f"{res.gpus_per_actor:g} GPU and {res.cpus_per_actor:g} CPU" if res.gpus_per_actor else \
         f"{res.cpus_per_actor:g} CPU"
