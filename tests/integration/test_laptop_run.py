@@ -1,6 +1,7 @@
 """A laptop's run: the CLI with a spec that sizes no stage pool and no model CPUs starts its own local
-Ray and runs the three stages fused in the model actors (compose.ModelStages). Its results, errors and counts are those of
-the same job run with a pool per stage, and its summary still names each stage."""
+Ray and runs the three stages fused in the model actors (compose.ModelStages). Its results, errors
+and counts are those of the same job run with a pool per stage, and its summary still names each
+stage."""
 
 from __future__ import annotations
 
