@@ -274,7 +274,7 @@ def _laptop_cpus_needed(spec) -> float:
     else what the spec's pool takes."""
     if "model_actors" not in spec.resources.model_fields_set:
         return READ_CPUS + (os.cpu_count() or 1)
-    return _cpus_needed(model_stages(_with_model_cpus(spec), fused=True))
+    return _cpus_needed(model_stages(_with_model_cpus(spec, laptop=True), fused=True))
 
 
 def _cluster_address(spec) -> str | None:
