@@ -163,7 +163,7 @@ def apply(ds, spec: JobSpec | dict | str | Path):
     are not used and may be left out. Only `model`, `head`, `input.*_column`, `output.granularity`,
     `resources` and `batching` matter here. Raises SpecError for a spec or columns that cannot run.
     """
-    from pipeline.heads import head_class
+    from pipeline.heads import head_entry
     from pipeline.sources import reader_columns
     from pipeline.stages import load_head
 
@@ -173,7 +173,7 @@ def apply(ds, spec: JobSpec | dict | str | Path):
     columns, optional = reader_columns(spec)
     for key, user in columns.items():
         if user not in have and key not in optional:
-            attr = {**head_class(spec.model.head).input_columns, C.TEXT_PAIR: "text_pair_column"}[key]
+            attr = {**dict(head_entry(spec.model.head).input_columns), C.TEXT_PAIR: "text_pair_column"}[key]
             raise SpecError(f"input.{attr}: column {user!r} not in the dataset (it has: {', '.join(have)})")
     used = {*columns.values(), spec.input.id_column}
     carried = [name for name in have if name not in used]

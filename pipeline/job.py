@@ -20,8 +20,9 @@ import time
 import pyarrow as pa
 
 from pipeline.compose import Stage, column_sum, compose, in_blocks_of, model_stages
-from pipeline.heads import head_class
+from pipeline.heads import head_entry
 from pipeline.lease import Lease
+from pipeline.ledger import ReadLedger
 from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
 from pipeline.meter import StageMeter
 from pipeline.models import weights_bytes
@@ -87,23 +88,43 @@ def _check_head(spec) -> dict:
     return {"head": head, "model_dir": model_dir, "model": model_identity(spec.model.path, spec.storage)}
 
 
-def _checked_while_ray_starts(spec, verbose: bool) -> dict:
-    """`validate(spec)`; on a laptop run Ray starts meanwhile. The quick checks come first (input,
-    columns, output writable), so that a wrong path or column is told at once; then a thread loads the
-    tokenizer and checks the checkpoint while Ray's processes boot (about 2.5 and 4 s on 2 cores, one
-    after the other before). ray.init stays in the main thread: started from another, its first task
-    could not reach the GCS. When the model check fails, Ray is already up; the CLI stops it as it
-    exits."""
-    from concurrent.futures import ThreadPoolExecutor
+def _checked_while_ray_starts(spec, verbose: bool, take_lease: bool = False) -> dict:
+    """`validate(spec)`, and with `take_lease` the output's lease taken (facts["lease"]; the caller
+    releases it); on a laptop run Ray starts meanwhile. The quick checks come first (input, columns,
+    output writable), so that a wrong path or column is told at once; then threads load the tokenizer
+    and check the checkpoint, and take the lease (half a second of it is a wait: pipeline/lease.py),
+    while Ray's processes boot (about 2.5 and 4 s on 2 cores, one after the other before). ray.init
+    stays in the main thread: started from another, its first task could not reach the GCS. When the
+    model check fails, Ray is already up; the CLI stops it as it exits."""
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     shards = _check_input(spec)
-    _check_writable(OutputDir(spec.output.path, spec.storage))  # one sentence naming output.path
-    with ThreadPoolExecutor(1, thread_name_prefix="check-model") as pool:
+    output = OutputDir(spec.output.path, spec.storage)
+    _check_writable(output)  # one sentence naming output.path
+    lease = Lease(output) if take_lease else None
+    with ThreadPoolExecutor(2, thread_name_prefix="check") as pool:
         head = pool.submit(_check_head, spec)
-        laptop = _is_laptop_run(spec)  # decided once: Ray is up after this
-        if laptop:
-            _init_ray(spec, _laptop_cpus_needed(spec), verbose)
-        return {"shards": shards, "laptop": laptop, **head.result()}
+        held = pool.submit(_acquire, lease) if lease is not None else None
+        try:
+            laptop = _is_laptop_run(spec)  # decided once: Ray is up after this
+            if laptop:
+                _init_ray(spec, _laptop_cpus_needed(spec), verbose)
+            facts = {"shards": shards, "laptop": laptop, **head.result()}
+            if held is not None:
+                held.result()
+        except BaseException:
+            if held is not None:
+                wait([held])
+                lease.release()  # releases only a lease that is this run's
+            raise
+    return {**facts, "lease": lease} if lease is not None else facts
+
+
+def _acquire(lease: Lease) -> None:
+    try:
+        lease.acquire()
+    except (StorageFailed, OSError) as e:
+        raise InputError(f"output.path: {e}") from None
 
 
 def _normal(path: str) -> str:
@@ -135,7 +156,7 @@ def _check_columns(spec, shards) -> None:
             continue
         if not have:  # an empty shard tells nothing
             continue
-        attr_of = {key: attr for key, attr in head_class(spec.model.head).input_columns.items()}
+        attr_of = dict(head_entry(spec.model.head).input_columns)
         for key, user in columns.items():
             if user not in have and key not in optional:
                 field = "output.columns" if is_carry_key(key) else f"input.{attr_of.get(key, 'text_column')}"
@@ -303,21 +324,18 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
     `_first_rows`). `verbose`: let Ray and the workers print their own logs."""
     display = Display(sys.stderr) if progress is None else Display(message=progress)
     started = time.time()
-    facts = _checked_while_ray_starts(spec, verbose)
-    shards = facts["shards"]
-    limits: dict[str, int] = {}
-    if limit is not None:
-        chosen, limits = _first_rows(shards, limit, spec.storage)
-        if len(chosen) == len(shards) and not limits:
-            limit = None  # the limit holds the whole input: a full run
-        shards = chosen
-    output = OutputDir(spec.output.path, spec.storage)
-    fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
+    facts = _checked_while_ray_starts(spec, verbose, take_lease=True)
+    lease = facts["lease"]
+    output = lease.output
     try:
-        lease = Lease(output).acquire()
-    except (StorageFailed, OSError) as e:
-        raise InputError(f"output.path: {e}") from None
-    try:
+        shards = facts["shards"]
+        limits: dict[str, int] = {}
+        if limit is not None:
+            chosen, limits = _first_rows(shards, limit, spec.storage)
+            if len(chosen) == len(shards) and not limits:
+                limit = None  # the limit holds the whole input: a full run
+            shards = chosen
+        fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
         return _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh, display, started,
                            verbose)
     except (JobFailed, SpecError, InputError, FingerprintMismatch):
@@ -396,28 +414,6 @@ def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh
         return summary  # a dry run over rows already done: the output's own records stay as they are
     write_complete(output, summary)
     return summary
-
-
-class ReadLedger:
-    """Rows each shard held once all its read tasks finished, and the shards that could not be read:
-    the driver needs both to know when a shard is complete (a Ray actor; see `_process`). A shard read
-    in several pieces counts once every piece has reported; a retried task reports its piece again."""
-
-    def __init__(self, pieces: dict[int, int] | None = None):
-        self.pieces = pieces or {}  # shard index -> read tasks (1 unless split)
-        self.read_rows: dict[int, dict[int, int]] = {}  # shard -> part -> rows
-        self.failed: dict[int, str] = {}
-
-    def read(self, shard: int, rows: int, part: int = 0) -> None:
-        self.read_rows.setdefault(shard, {})[part] = rows
-
-    def unreadable(self, shard: int, reason: str) -> None:
-        self.failed[shard] = reason
-
-    def snapshot(self) -> tuple[dict[int, int], dict[int, str]]:
-        done = {shard: sum(parts.values()) for shard, parts in self.read_rows.items()
-                if len(parts) == self.pieces.get(shard, 1)}
-        return done, dict(self.failed)
 
 
 def _read_shards(batch: dict, *, shards, pieces, columns, optional, id_column, id_type, storage, ledger, meter,

@@ -554,10 +554,9 @@ def probe_id_type(shards: list[Shard], id_column: str, storage=None) -> pa.DataT
 def reader_columns(spec) -> tuple[dict[str, str], tuple[str, ...]]:
     """Internal column name -> the user's column, for the spec's head (plus output.columns as carry
     keys), and the internal names that may be missing (a text pair)."""
-    from pipeline.heads import head_class
+    from pipeline.heads import head_entry
 
-    cls = head_class(spec.model.head)
-    cols = {key: getattr(spec.input, attr) for key, attr in cls.input_columns.items()}
+    cols = {key: getattr(spec.input, attr) for key, attr in head_entry(spec.model.head).input_columns}
     optional = ()
     if spec.input.text_pair_column:
         cols[C.TEXT_PAIR] = spec.input.text_pair_column

@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from pipeline import columns as C
 from pipeline.heads.options import (
     EmbeddingHead,
     FillMaskHead,
@@ -73,6 +74,10 @@ class HeadEntry:
     # How the spec reference words this head's default window, when it is not plain `max_length`.
     max_length_note: str | None = None
     granularities: tuple[str, ...] = ("document",)  # output.granularity values it writes
+    # Input columns (besides the id) it reads, which the reader keeps: internal names (pipeline.columns)
+    # -> the InputSpec attribute that names the user's column. Here, so that the input is checked
+    # before torch and transformers are imported.
+    input_columns: tuple[tuple[str, str], ...] = ((C.TEXT, "text_column"),)
     text_pairs: bool = False  # reads input.text_pair_column as a second segment
     aliases: tuple[str, ...] = ()  # other names people try for it (transformers' task names): error hints
     forward_values: ForwardValues = _one_value  # sizing only (pipeline/plan.py)
@@ -107,7 +112,8 @@ HEADS: tuple[HeadEntry, ...] = (
               forward_values=_mask_candidates),
     HeadEntry(
         "question-answering", "pipeline.heads.question_answering:QuestionAnswering", QuestionAnsweringHead,
-        max_length=384, max_length_note="384 for question-answering (the window transformers' QA pipeline uses, "
+        max_length=384, input_columns=((C.QUESTION, "question_column"), (C.CONTEXT, "context_column")),
+        max_length_note="384 for question-answering (the window transformers' QA pipeline uses, "
         "its `max_seq_len`)", aliases=("qa",), forward_values=_span_logits,
     ),
 )

@@ -125,9 +125,6 @@ class Head:
     name: ClassVar[str]
     auto_class: ClassVar[str]  # e.g. "AutoModelForTokenClassification"
     granularities: ClassVar[tuple[str, ...]] = ("document",)
-    # Input columns (besides the id) this head reads; the reader keeps only these.
-    # Keys are internal names from pipeline.columns, values the InputSpec attribute naming the user column.
-    input_columns: ClassVar[dict[str, str]] = {C.TEXT: "text_column"}
     # Name -> Arrow value type of each per-window output of `forward`, stored as list<list<type>>.
     forward_outputs: ClassVar[dict[str, pa.DataType]] = {}
 

@@ -41,7 +41,6 @@ _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)
 class QuestionAnswering(Head):
     name = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"
-    input_columns = {C.QUESTION: "question_column", C.CONTEXT: "context_column"}
     forward_outputs = {"start": pa.float32(), "end": pa.float32()}
 
     def __init__(self, ctx):

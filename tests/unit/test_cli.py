@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,30 @@ def test_help_has_examples_and_exit_codes(capsys):
         assert "examples:" in out and "python -m pipeline run jobs/laptop.yaml" in out
         assert "exit codes:" in out and "\n  0  complete" in out and "\n  1  not finished" in out and "\n  2  a bad" in out
     assert "--limit N" in out and "--verbose" in out and "--fresh" in out
+
+
+def test_the_command_stops_its_ray_without_waiting_on_the_autoscaler_monitor():
+    """_stop_ray kills the monitor before ray.shutdown, which would SIGTERM it after stopping the GCS and
+    wait out its second of grace; then every process of that Ray is gone."""
+    script = textwrap.dedent("""
+        import json, os, ray
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        node = ray._private.worker._global_node
+        (monitor,) = node.all_processes["monitor"]
+        processes = [i.process for infos in node.all_processes.values() for i in infos]
+        at_shutdown, shutdown = [], ray.shutdown
+        ray.shutdown = lambda: (at_shutdown.append(monitor.process.poll()), shutdown())
+        from pipeline.__main__ import _stop_ray
+        _stop_ray()
+        print(json.dumps({"monitor_at_shutdown": at_shutdown, "up": ray.is_initialized(),
+                          "alive": [p.args[0] for p in processes if p.poll() is None]}))
+    """)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"monitor_at_shutdown": [-9], "up": False, "alive": []}
 
 
 def test_console_script_calls_itself_bert_batch():

@@ -148,3 +148,54 @@ def test_a_small_input_gets_one_model_actor_with_every_core(no_cluster, monkeypa
     shards = list_shards(_spec().input.model_copy(update={"path": str(small)}), None)
     res = _with_model_cpus(_spec(), 0, laptop=True, input_bytes=job._input_bytes(shards)).resources
     assert (res.model_actors, res.cpus_per_actor) == (1, 4.0)
+
+
+def test_the_lease_is_taken_while_ray_starts_and_given_back_when_the_checks_fail(no_cluster, monkeypatch, tmp_path):
+    """run takes the output's lease in a thread while Ray starts (the main thread waits here until the
+    lease file exists: one after the other, it would time out); a failed model check gives it back;
+    another run's lease is refused and left as it is."""
+    import json
+    import socket
+    import time
+
+    import pipeline.job as job
+    from pipeline.lease import RunActive
+    from pipeline.models import ModelError
+    from pipeline.output import LEASE
+
+    out = tmp_path / "out"
+    spec = spec_from_dict({"input": {"path": "in"}, "model": {"path": "m", "head": "embedding"},
+                           "output": {"path": str(out)}})
+    seen_while_starting = []
+
+    def init_ray(spec, cpus, verbose):
+        deadline = time.monotonic() + 10
+        while not (out / LEASE).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen_while_starting.append((out / LEASE).exists())
+
+    monkeypatch.setattr(job, "_check_input", lambda spec: ["shard"])
+    monkeypatch.setattr(job, "_check_head", lambda spec: {"model": "checked"})
+    monkeypatch.setattr(job, "_init_ray", init_ray)
+    facts = job._checked_while_ray_starts(spec, verbose=False, take_lease=True)
+    assert seen_while_starting == [True]
+    assert facts["model"] == "checked" and facts["laptop"] is True
+    assert json.loads((out / LEASE).read_text())["run_id"] == facts["lease"].run_id
+    facts["lease"].release()
+    assert not (out / LEASE).exists()
+
+    def bad_checkpoint(spec):
+        raise ModelError("model.path: m has no weights")
+
+    monkeypatch.setattr(job, "_check_head", bad_checkpoint)
+    with pytest.raises(ModelError, match="no weights"):
+        job._checked_while_ray_starts(spec, verbose=False, take_lease=True)
+    assert not (out / LEASE).exists()  # taken meanwhile, and given back
+
+    monkeypatch.setattr(job, "_check_head", lambda spec: {})
+    other = {"run_id": "other-run", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
+             "timeout_seconds": 60}
+    (out / LEASE).write_text(json.dumps(other))
+    with pytest.raises(RunActive, match="other-run"):
+        job._checked_while_ray_starts(spec, verbose=False, take_lease=True)
+    assert json.loads((out / LEASE).read_text())["run_id"] == "other-run"
