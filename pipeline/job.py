@@ -102,13 +102,11 @@ def _checked_while_ray_starts(spec, verbose: bool, take_lease: bool = False) -> 
     output = OutputDir(spec.output.path, spec.storage)
     _check_writable(output)  # one sentence naming output.path
     lease = Lease(output) if take_lease else None
-    # Decided once, as Ray is up after this. It imports Ray: before the threads start, which would
-    # otherwise hold the interpreter with transformers' imports while ray.init waits to begin.
-    laptop = _is_laptop_run(spec)
     with ThreadPoolExecutor(2, thread_name_prefix="check") as pool:
         head = pool.submit(_check_head, spec)
         held = pool.submit(_acquire, lease) if lease is not None else None
         try:
+            laptop = _is_laptop_run(spec)  # decided once: Ray is up after this
             if laptop:
                 _init_ray(spec, _laptop_cpus_needed(spec), verbose)
             facts = {"shards": shards, "laptop": laptop, **head.result()}
