@@ -173,7 +173,7 @@ def apply(ds, spec: JobSpec | dict | str | Path):
     columns, optional = reader_columns(spec)
     for key, user in columns.items():
         if user not in have and key not in optional:
-            attr = {**dict(head_entry(spec.model.head).input_columns), C.TEXT_PAIR: "text_pair_column"}[key]
+            attr = {**head_entry(spec.model.head).input_columns, C.TEXT_PAIR: "text_pair_column"}[key]
             raise SpecError(f"input.{attr}: column {user!r} not in the dataset (it has: {', '.join(have)})")
     used = {*columns.values(), spec.input.id_column}
     carried = [name for name in have if name not in used]

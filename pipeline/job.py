@@ -156,7 +156,7 @@ def _check_columns(spec, shards) -> None:
             continue
         if not have:  # an empty shard tells nothing
             continue
-        attr_of = dict(head_entry(spec.model.head).input_columns)
+        attr_of = head_entry(spec.model.head).input_columns
         for key, user in columns.items():
             if user not in have and key not in optional:
                 field = "output.columns" if is_carry_key(key) else f"input.{attr_of.get(key, 'text_column')}"

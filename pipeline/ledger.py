@@ -7,7 +7,7 @@ from __future__ import annotations
 
 class ReadLedger:
     """Rows each shard held once all its read tasks finished, and the shards that could not be read:
-    the driver needs both to know when a shard is complete (a Ray actor; see `_process`). A shard read
+    the driver needs both to know when a shard is complete. A shard read
     in several pieces counts once every piece has reported; a retried task reports its piece again."""
 
     def __init__(self, pieces: dict[int, int] | None = None):

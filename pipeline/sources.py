@@ -556,7 +556,7 @@ def reader_columns(spec) -> tuple[dict[str, str], tuple[str, ...]]:
     keys), and the internal names that may be missing (a text pair)."""
     from pipeline.heads import head_entry
 
-    cols = {key: getattr(spec.input, attr) for key, attr in head_entry(spec.model.head).input_columns}
+    cols = {key: getattr(spec.input, attr) for key, attr in head_entry(spec.model.head).input_columns.items()}
     optional = ()
     if spec.input.text_pair_column:
         cols[C.TEXT_PAIR] = spec.input.text_pair_column

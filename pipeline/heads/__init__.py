@@ -9,7 +9,7 @@ the head class from its path only when they build it (torch and transformers loa
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline import columns as C
@@ -77,7 +77,7 @@ class HeadEntry:
     # Input columns (besides the id) it reads, which the reader keeps: internal names (pipeline.columns)
     # -> the InputSpec attribute that names the user's column. Here, so that the input is checked
     # before torch and transformers are imported.
-    input_columns: tuple[tuple[str, str], ...] = ((C.TEXT, "text_column"),)
+    input_columns: dict[str, str] = field(default_factory=lambda: {C.TEXT: "text_column"})
     text_pairs: bool = False  # reads input.text_pair_column as a second segment
     aliases: tuple[str, ...] = ()  # other names people try for it (transformers' task names): error hints
     forward_values: ForwardValues = _one_value  # sizing only (pipeline/plan.py)
@@ -112,7 +112,7 @@ HEADS: tuple[HeadEntry, ...] = (
               forward_values=_mask_candidates),
     HeadEntry(
         "question-answering", "pipeline.heads.question_answering:QuestionAnswering", QuestionAnsweringHead,
-        max_length=384, input_columns=((C.QUESTION, "question_column"), (C.CONTEXT, "context_column")),
+        max_length=384, input_columns={C.QUESTION: "question_column", C.CONTEXT: "context_column"},
         max_length_note="384 for question-answering (the window transformers' QA pipeline uses, "
         "its `max_seq_len`)", aliases=("qa",), forward_values=_span_logits,
     ),
