@@ -224,6 +224,15 @@ def test_laptop_job_validates_on_a_freshly_made_demo_model(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("ok: token-classification on ")
 
 
+def test_the_demo_model_is_saved_where_the_laptop_spec_reads_it():
+    # The README's quick start runs tools.make_demo_model with no arguments, then jobs/laptop.yaml.
+    from pipeline.spec import load_spec
+    from tools.make_demo_model import DEFAULT_OUT
+
+    spec = load_spec(REPO_ROOT / "jobs" / "laptop.yaml")
+    assert DEFAULT_OUT == (REPO_ROOT / spec.model.path).resolve()
+
+
 def test_spec_reference(capsys):
     assert main(["spec-reference"]) == 0
     out = capsys.readouterr().out
