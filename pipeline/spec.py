@@ -94,7 +94,9 @@ class ModelSpec(_Strict):
         False, description="Also load `pytorch_model.bin` (pickle) weights; safetensors only when false."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype: `auto` is bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on CPU."
+        "auto", description="Compute dtype: `auto` is bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on "
+        "CPU, where results equal transformers' pipeline. `bfloat16` on a CPU with AMX or AVX-512-BF16 runs the model "
+        "about 2.5x faster, with results of bfloat16's precision."
     )
 
     @property

@@ -36,6 +36,7 @@ Compare ratios within one run, not absolute figures: the machine is shared and n
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -280,7 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         with corpus.open("w") as f:
             for i, t in enumerate(texts):
                 f.write(json.dumps({"id": i, "text": t}) + "\n")
-        print(f"commit {commit}; {os.cpu_count()} cores; corpus: {len(texts)} documents (seed {args.seed}); "
+        # ray[default]'s dashboard packages (the test and cluster extras) make Ray start its agents in full.
+        ray_kind = "ray[default]" if importlib.util.find_spec("aiohttp_cors") else "ray[data]"
+        print(f"commit {commit}; {os.cpu_count()} cores; {ray_kind}; corpus: {len(texts)} documents (seed {args.seed}); "
               f"model: {'null (1 layer, hidden 32)' if args.null_model else model_dir}; budget {args.budget}; {args.dtype}", flush=True)
         for r in range(args.repeats):
             results = {"job": bench_job(model_dir, random_head, corpus, Path(tmp) / "out", args.max_length, batching,
