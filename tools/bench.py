@@ -205,7 +205,8 @@ def _baseline(name: str, model_dir: str, corpus: Path, args) -> dict:
     driver at niceness 0, Ray's workers at 15) and is timed as a whole process, start-up included;
     its tasks import tools.bench, so the repository goes on their PYTHONPATH."""
     cmd = [sys.executable, "-m", "tools.bench", "--baseline", name, "--model", model_dir, "--corpus", str(corpus),
-           "--max-length", str(args.max_length), "--budget", str(args.budget), "--dtype", args.dtype]
+           "--max-length", str(args.max_length), "--budget", str(args.budget), "--stride", str(args.stride),
+           "--dtype", args.dtype]
     ray_loop = name == "ray_loop"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
@@ -220,6 +221,25 @@ def _baseline(name: str, model_dir: str, corpus: Path, args) -> dict:
 
 def _texts(corpus: Path) -> list[str]:
     return [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _run_baseline(args) -> dict:
+    """One baseline, in the process `_baseline` starts. The Ray script imports nothing of ours or of
+    transformers' before its `ray.init`, as a hand-written one would not."""
+    texts = _texts(args.corpus)
+    if args.baseline == "ray_loop":
+        return bench_ray_loop(args.model, texts, args.max_length, args.stride, args.budget, args.dtype)
+    _quiet_transformers()
+    if args.baseline == "bare_loop":
+        return bench_bare_loop(args.model, texts, args.max_length, args.stride, args.budget, args.dtype)
+    return bench_pipeline(args.model, texts, args.max_length, args.stride, args.dtype)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,28 +263,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", choices=("bare_loop", "ray_loop", "pipeline"), help=argparse.SUPPRESS)  # one, in a subprocess
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stride", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    if args.baseline:
+        print(json.dumps(_run_baseline(args)))
+        return
+    _quiet_transformers()
 
     from pipeline.spec import BatchingSpec, ModelSpec
 
-    stride = ModelSpec(path="x", head="token-classification", max_length=args.max_length).effective_stride
-    if args.baseline:
-        texts = _texts(args.corpus)
-        if args.baseline == "bare_loop":
-            result = bench_bare_loop(args.model, texts, args.max_length, stride, args.budget, args.dtype)
-        elif args.baseline == "ray_loop":
-            result = bench_ray_loop(args.model, texts, args.max_length, stride, args.budget, args.dtype)
-        else:
-            result = bench_pipeline(args.model, texts, args.max_length, stride, args.dtype)
-        print(json.dumps(result))
-        return
-
+    args.stride = ModelSpec(path="x", head="token-classification", max_length=args.max_length).effective_stride
     from tools.corpus import documents
 
     batching = {k: v for k, v in (("max_tokens", args.max_tokens), ("rows_per_batch", args.rows_per_batch)) if v}
