@@ -24,10 +24,10 @@ pipeline and a bare loop, in one run on the same machine and the same generated 
 AMX or AVX-512-BF16 the model runs about 2.5x faster than in float32, and its results are not
 float32's (the job's default on CPU is float32, for parity with transformers).
 
-The two baselines each run in a process of their own at niceness 15, the niceness Ray gives the job's
-workers, so that a busy neighbour slows all three alike; their clocks start after their imports
-(which favours them). Prints real tokens/s for each (window tokens, special tokens and overlaps
-included), the ratios job / pipeline and job / bare loop, the padding waste, and the job's per-stage
+The bare loop and the pipeline each run in a process of their own at niceness 15, the niceness Ray
+gives the job's workers, so that a busy neighbour slows every system alike; their clocks start after
+their imports (which favours them). The Ray script runs as the job does. Prints real tokens/s for
+each (window tokens, special tokens and overlaps included), the ratios of the job to each of them, the padding waste, and the job's per-stage
 rates (tokens per busy second of one worker) and model busy time from its summary. `--null-model` swaps the checkpoint for
 BERT with 1 layer and hidden size 32 under MiniLM's tokenizer: what is left is the job's own cost.
 Compare ratios within one run, not absolute figures: the machine is shared and noisy.
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ndocument length (characters): median {np.median(lengths):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
           f"max {lengths.max()}")
     first = rounds[0]
-    print(f"round 1 (baselines at niceness 15, as Ray's workers):\n"
+    print(f"round 1 (bare loop and pipeline at niceness 15, as Ray's workers):\n"
           f"{'system':<40}{'wall s':>9}{'tokens':>10}{'tokens/s':>10}{'padding':>9}")
     names = {"pipeline": "transformers pipeline (batch 32)", "bare_loop": f"bare loop (sorted, budget {args.budget})",
              "ray_loop": f"bare loop on Ray, {os.cpu_count()} tasks (process)", "job": "this job (CLI, start-up included)"}
@@ -322,17 +322,15 @@ def main(argv: list[str] | None = None) -> None:
             r = first[key]
             print(f"{names[key]:<40}{r['wall_seconds']:>9.1f}{r['tokens']:>10,}{r['tokens_per_second']:>10,.0f}"
                   f"{r['padding_waste']:>8.0%}")
-    job = first["job"]["tokens_per_second"]
-    ratios = [r["job"]["tokens_per_second"] / r["bare_loop"]["tokens_per_second"] for r in rounds]
-    print(f"\nratio job / bare loop: {ratios[0]:.2f}x" + (f" (each round: {', '.join(f'{x:.2f}' for x in ratios)}; "
-                                                      f"median {np.median(ratios):.2f}x)" if len(rounds) > 1 else ""))
-    if "ray_loop" in first:
-        ray_ratios = [r["job"]["tokens_per_second"] / r["ray_loop"]["tokens_per_second"] for r in rounds]
-        print(f"ratio job / bare loop on Ray: {ray_ratios[0]:.2f}x" + (
-            f" (each round: {', '.join(f'{x:.2f}' for x in ray_ratios)}; median {np.median(ray_ratios):.2f}x)"
-            if len(rounds) > 1 else ""))
+    print()
+    for key, label in (("bare_loop", "bare loop"), ("ray_loop", "bare loop on Ray")):
+        if key in first:
+            ratios = [r["job"]["tokens_per_second"] / r[key]["tokens_per_second"] for r in rounds]
+            print(f"ratio job / {label}: {ratios[0]:.2f}x" + (
+                f" (each round: {', '.join(f'{x:.2f}' for x in ratios)}; median {np.median(ratios):.2f}x)"
+                if len(rounds) > 1 else ""))
     if "pipeline" in first:
-        print(f"ratio job / pipeline:  {job / first['pipeline']['tokens_per_second']:.2f}x")
+        print(f"ratio job / pipeline:  {first['job']['tokens_per_second'] / first['pipeline']['tokens_per_second']:.2f}x")
     for i, r in enumerate(rounds):
         summary = r["job"].pop("summary")
         pool = summary.get("model_pool") or {}
