@@ -29,6 +29,30 @@ def _docs(n):
     return [{"id": i, "text": " ".join(["Alice met Bob in Paris."] * (1 + i % 4))} for i in range(n)]
 
 
+def _assert_same_rows(got, want) -> None:
+    """Every row, label and span equal; scores to a tolerance. Halving changes how windows are grouped
+    into micro-batches, and a float computed in another grouping may differ in its last bits (1.5e-8
+    on an AMD EPYC, none on the Intel machine where this was written): the same rows in the same
+    order is the promise, not the same rounding."""
+    assert got.column_names == want.column_names
+    _assert_close(got.to_pylist(), want.to_pylist(), "rows")
+
+
+def _assert_close(a, b, where: str) -> None:
+    if isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), where
+    elif isinstance(b, dict):
+        assert isinstance(a, dict) and a.keys() == b.keys(), where
+        for k in b:
+            _assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, list):
+        assert isinstance(a, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
 @pytest.fixture
 def small_device(monkeypatch):
     """Every forward pass records its padded size; above DEVICE_LIMIT it fails as CUDA would."""
@@ -58,14 +82,14 @@ def test_out_of_memory_halves_and_the_budget_stays_smaller(tiny_ner_dir, small_d
     runner = LocalRunner(_spec(tiny_ner_dir, 4096))
     first, _ = runner.run(_docs(40))
     assert failures, "the generous budget should overflow the pretend device"
-    assert first.to_pylist() == reference.to_pylist()  # halving loses and reorders nothing
+    _assert_same_rows(first, reference)  # halving loses and reorders nothing
     budget = runner.predict.max_tokens
     assert budget < 4096 and budget <= max(failures) // 2
 
     failures.clear()
     sizes.clear()
     second, _ = runner.run(_docs(40))
-    assert second.to_pylist() == reference.to_pylist()
+    _assert_same_rows(second, reference)
     assert max(sizes) <= budget  # the next batches are planned within the remembered budget
     assert len(failures) <= 1  # at most one more halving step, never the first overflow again
     assert runner.predict.max_tokens <= budget
