@@ -1,25 +1,47 @@
-"""Resume: which input shards are done (their marker matches), which to do, and which of the job's
-own files to remove first.
+"""Resume: which input shards are done (their marker matches), which to do, which shards' results are
+no longer wanted (their input is gone), and which of the job's own files to remove first.
 
 A marker (`_shards/<shard>.json`, written by pipeline.sinks.finalize_shard) matches when it was
-made from the same input file (size and ETag or mtime) with the same fingerprint (the spec keys that
-change results, and the model's revision). A marker made with another fingerprint stops the run
-before any work, naming the keys that differ, unless the run is `--fresh`.
+made from the same input file (its identity: pipeline.sources._identity) with the same fingerprint
+(the spec keys that change results, and the model's revision). A marker made with another
+fingerprint stops the run before any work, naming the keys that differ, unless the run is `--fresh`.
+
+Markers and pending records are read from storage, so they are input to check, not truth to trust:
+each must name its own shard, and every file it names must be one of that shard's result or error
+files inside output.path (`read_markers`). A marker that is not refuses the run, and nothing is
+removed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 from pipeline.output import (
-    ERRORS_DIR, MARKERS_DIR, PROGRESS, REPORT, STAGING_DIR, SUCCESS, SUMMARY, OutputDir, marker_file,
+    ERRORS_DIR, MARKERS_DIR, PROGRESS, REPORT, SUCCESS, SUMMARY, OutputDir, marker_file, pending_file,
 )
+
+PENDING = ".pending.json"
+# A shard key as pipeline.sources makes it: a file-name-safe stem, never a path.
+_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+# Counts a marker carries (pipeline.summary.totals adds them up).
+_COUNTS = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
+           "documents_truncated", "largest_document_tokens")
 
 
 class FingerprintMismatch(ValueError):
     """The output holds shards made with other result-changing settings."""
+
+
+class MarkerInvalid(ValueError):
+    """A file under _shards/ that the job did not write as it is: unreadable, or naming files that are
+    not its shard's own."""
+
+
+class VanishedShards(ValueError):
+    """The output holds results of shards that are no longer in the input."""
 
 
 def fingerprint(fields: dict) -> str:
@@ -30,63 +52,157 @@ def fingerprint(fields: dict) -> str:
 class ResumePlan:
     done: dict[str, dict] = field(default_factory=dict)  # shard key -> its marker
     todo: list = field(default_factory=list)  # pipeline.sources.Shard
+    retired: dict[str, str] = field(default_factory=dict)  # key of a vanished shard -> the input it was made from
     remove: list[str] = field(default_factory=list)  # relative names of the job's own files
 
 
-def plan_resume(output: OutputDir, shards: list, fields: dict, fresh: bool = False,
-                limits: dict[str, int] | None = None) -> ResumePlan:
-    """`limits`: rows per shard of a limited run (`--limit`). A limited run's marker counts as done
+@dataclass
+class Recorded:
+    """What the output folder holds of earlier runs: markers and pending records, each checked."""
+
+    markers: dict[str, dict] = field(default_factory=dict)  # shard key -> marker
+    pending: dict[str, list[str]] = field(default_factory=dict)  # shard key -> files it was about to write
+
+
+def _own_file(rel, key: str) -> bool:
+    """A result or error file of shard `key`: `<key>-NNNNN.parquet`, directly in the output or in _errors/."""
+    return isinstance(rel, str) and re.fullmatch(rf"(?:{ERRORS_DIR}/)?{re.escape(key)}-\d{{5}}\.parquet", rel) is not None
+
+
+def _check_marker(rel: str, key: str, marker) -> dict:
+    where = f"{rel} (in output.path)"
+    if not isinstance(marker, dict) or marker.get("key") != key:
+        raise MarkerInvalid(f"{where} is not a marker of shard {key!r}")
+    if not isinstance(marker.get("shard"), str) or not isinstance(marker.get("identity"), dict) \
+            or not isinstance(marker.get("fingerprint"), str):
+        raise MarkerInvalid(f"{where} lacks the shard, identity or fingerprint a marker holds")
+    bad = [c for c in _COUNTS if type(marker.get(c)) is not int or marker[c] < 0]
+    if bad:
+        raise MarkerInvalid(f"{where} has no count {bad[0]!r} (a whole number)")
+    for name in ("files", "error_files"):
+        _check_names(where, key, marker.get(name))
+    return marker
+
+
+def _check_names(where: str, key: str, names) -> None:
+    if not isinstance(names, list):
+        raise MarkerInvalid(f"{where} has no list of files")
+    for rel in names:
+        if not _own_file(rel, key):
+            shown = rel if isinstance(rel, str) and len(rel) <= 120 else f"{str(rel)[:120]}..."
+            raise MarkerInvalid(f"{where} names {shown!r}, which is not a result file of shard {key!r}")
+
+
+def read_markers(output: OutputDir) -> Recorded:
+    """Every marker and pending record under _shards/, checked. Raises MarkerInvalid (naming the file,
+    and what to do) before anything is removed."""
+    rels = output.list(MARKERS_DIR, ".json")
+    recorded = Recorded()
+    for rel, data in output.read_many(rels).items():
+        pending = rel.endswith(PENDING)
+        key = rel[len(MARKERS_DIR) + 1 : -len(PENDING if pending else ".json")]
+        try:
+            if not _KEY.fullmatch(key):
+                raise MarkerInvalid(f"{rel} (in output.path) is not named for a shard")
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                raise MarkerInvalid(f"{rel} (in output.path) is not JSON the job wrote") from None
+            if pending:
+                if not isinstance(obj, dict):
+                    raise MarkerInvalid(f"{rel} (in output.path) is not a pending record")
+                _check_names(f"{rel} (in output.path)", key, obj.get("files"))
+                recorded.pending[key] = obj["files"]
+            else:
+                recorded.markers[key] = _check_marker(rel, key, obj)
+        except MarkerInvalid as e:
+            raise MarkerInvalid(f"output.path: {e}; the job did not write it so - move it out of "
+                                f"{output.path}/{MARKERS_DIR}, or use another output.path") from None
+    return recorded
+
+
+def keep_keys(shards: list, markers: dict[str, dict]) -> list:
+    """The shards with the keys they keep: a shard that a marker was made from (by path) keeps that
+    marker's key, so a file added beside it (`s00.parquet` beside `s00.jsonl`) never renames it; any
+    other keeps its listing's key unless a marker holds that key for another file, when it takes one
+    made unique by its path. Two markers of one path: the one under the listing's key, else the first."""
+    held: dict[str, str] = {}  # input path -> the key of the first marker made from it
+    for key in sorted(markers):
+        held.setdefault(markers[key]["shard"], key)
+    kept = {}
+    for s in shards:
+        if s.key in markers and markers[s.key]["shard"] == s.path:
+            kept[s.index] = s.key
+        elif s.path in held:
+            kept[s.index] = held[s.path]
+    used = set(markers) | set(kept.values())
+    out = []
+    for s in shards:
+        key = kept.get(s.index)
+        if key is None:
+            key = s.key if s.key not in used else f"{s.key}-{hashlib.sha1(s.path.encode()).hexdigest()[:8]}"
+            used.add(key)
+        out.append(s if key == s.key else replace(s, key=key))
+    return out
+
+
+def plan_resume(output: OutputDir, shards: list, fields: dict, recorded: Recorded, *, listed: set[str] | None = None,
+                fresh: bool = False, limits: dict[str, int] | None = None, retire: bool = False) -> ResumePlan:
+    """`shards`: those to run (keys from `keep_keys`); `listed`: the keys of every shard in the input
+    now (default: `shards`'), so that a `--limit` run does not take the shards it leaves for vanished.
+    `limits`: rows per shard of a limited run (`--limit`). A limited run's marker counts as done
     only for a run with the same limit on its shard, so the full run redoes a dry run's partial
-    shards; a full marker counts for any run (a dry run never redoes finished work)."""
+    shards; a full marker counts for any run (a dry run never redoes finished work).
+
+    A marker whose shard is no longer in the input (deleted, renamed, or now named under another key)
+    refuses the run (VanishedShards) unless `retire` or `fresh`: then its files are removed with it and
+    it is listed in `plan.retired`. Raises FingerprintMismatch, VanishedShards."""
     limits = limits or {}
-    markers = _markers(output)
+    markers = recorded.markers
+    listed = {s.key for s in shards} if listed is None else listed
+    vanished = {key: m["shard"] for key, m in markers.items() if key not in listed}
+    if vanished and not (retire or fresh):
+        shown = ", ".join(f"{key} (from {path})" for key, path in sorted(vanished.items())[:3])
+        raise VanishedShards(
+            f"output.path: {output.path} holds the results of {len(vanished)} shard(s) no longer in the input: "
+            f"{shown}{' ...' if len(vanished) > 3 else ''}; rerun with --retire to remove their results, or use "
+            "another output.path")
     ours = fingerprint(fields)
     if not fresh:
         for key, marker in markers.items():
-            if marker.get("fingerprint") != ours:
-                theirs = marker.get("spec", {})
-                differ = sorted(k for k in set(theirs) | set(fields) if theirs.get(k) != fields.get(k))
-                shown = ", ".join(f"{k} ({theirs.get(k)!r} there, {fields.get(k)!r} now)" for k in differ[:3])
-                raise FingerprintMismatch(
-                    f"output.path: {output.path} holds results made with other settings ({shown or 'another version'}"
-                    f"{' ...' if len(differ) > 3 else ''}; shard {key}); use another output.path, or rerun with "
-                    "--fresh to redo every shard"
-                )
-    plan = ResumePlan()
+            if key in vanished or marker.get("fingerprint") == ours:
+                continue
+            theirs = marker.get("spec") if isinstance(marker.get("spec"), dict) else {}
+            differ = sorted(k for k in set(theirs) | set(fields) if theirs.get(k) != fields.get(k))
+            shown = ", ".join(f"{k} ({theirs.get(k)!r} there, {fields.get(k)!r} now)" for k in differ[:3])
+            raise FingerprintMismatch(
+                f"output.path: {output.path} holds results made with other settings ({shown or 'another version'}"
+                f"{' ...' if len(differ) > 3 else ''}; shard {key}); use another output.path, or rerun with "
+                "--fresh to redo every shard"
+            )
+    plan = ResumePlan(retired=vanished)
     for shard in shards:
         marker = markers.get(shard.key)
-        if (not fresh and marker is not None and marker.get("identity") == shard.identity
-                and marker.get("limit") in (None, limits.get(shard.key))):
+        if (not fresh and marker is not None and marker["shard"] == shard.path
+                and marker["identity"] == shard.identity and marker.get("limit") in (None, limits.get(shard.key))):
             plan.done[shard.key] = marker
         else:
             plan.todo.append(shard)
-    # Files of shards about to be redone (and, with --fresh, of every shard the job recorded here).
-    redo = set(markers) if fresh else set()
-    redo |= {s.key for s in plan.todo}
+    # Files of shards about to be redone or retired (and, with --fresh, of every shard recorded here),
+    # and of finalisations that died for shards no longer in the input.
+    redo = set(markers) if fresh else set(vanished)
+    redo |= {s.key for s in plan.todo} | {key for key in recorded.pending if key not in listed}
     for key in sorted(redo):
         marker = markers.get(key)
         if marker is not None:
-            plan.remove += marker.get("files", []) + marker.get("error_files", []) + [marker_file(key)]
-    pendings = output.list(MARKERS_DIR, ".pending.json")
-    for rel, pending in output.read_jsons(pendings).items():
-        key = rel[len(MARKERS_DIR) + 1 : -len(".pending.json")]
-        if key in redo:
-            plan.remove += [f for f in pending.get("files", []) if _ours(f, key)] + [rel]
-    for key in redo:
-        plan.remove += output.list(f"{STAGING_DIR}/{key}", ".parquet")
-    if plan.todo:
+            plan.remove += marker["files"] + marker["error_files"] + [marker_file(key)]
+        if key in recorded.pending:
+            plan.remove += recorded.pending[key]
+    # A pending record outlives its marker only when a run died between the two: the record alone goes.
+    plan.remove += [pending_file(key) for key in sorted(recorded.pending) if key in redo or key in markers]
+    plan.remove += output.leftovers()  # temporary files and staged parts of runs that died
+    if plan.todo or plan.retired:
         plan.remove += [SUMMARY, REPORT, SUCCESS]
     if fresh:
         plan.remove += [PROGRESS]
     return plan
-
-
-def _markers(output: OutputDir) -> dict[str, dict]:
-    rels = [r for r in output.list(MARKERS_DIR, ".json") if not r.endswith(".pending.json")]
-    return {m["key"]: m for m in output.read_jsons(rels).values() if isinstance(m, dict) and "key" in m}
-
-
-def _ours(rel: str, key: str) -> bool:
-    """A pending record only ever names this shard's result and error files."""
-    name = rel.removeprefix(ERRORS_DIR + "/")
-    return "/" not in name and name.startswith(key + "-") and name.endswith(".parquet")

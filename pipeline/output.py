@@ -21,12 +21,13 @@ import functools
 import io
 import json
 import os
+import re
 import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import describe_storage_error, filesystem_for, protocol_of, strip_protocol
+from pipeline.storage import describe_storage_error, filesystem_for, normal_path, protocol_of, strip_protocol
 
 ERRORS_DIR = "_errors"
 MARKERS_DIR = "_shards"
@@ -36,6 +37,18 @@ PROGRESS = "_PROGRESS.json"
 SUMMARY = "_SUMMARY.json"
 REPORT = "_REPORT.html"
 SUCCESS = "_SUCCESS"
+
+
+# A temporary file of OutputDir.write_bytes (locally): `.<name>.tmp-<8 hex>` beside the file it becomes.
+_TEMPORARY = re.compile(r"\.(?P<name>[^/]+)\.tmp-[0-9a-f]{8}")
+# A part under _staging/<shard>/ (pipeline.sinks.WriteParts): its first row and a digest of its rows.
+_PART = re.compile(r"r\d{12}-[0-9a-f]{12}\.parquet")
+# The names the job writes in each of its folders (a temporary file is removed only if it was to be one).
+_WRITTEN_IN = {
+    "": re.compile(r"_PROGRESS\.json|_SUMMARY\.json|_REPORT\.html|_SUCCESS|_LEASE\.json|.+-\d{5}\.parquet"),
+    ERRORS_DIR: re.compile(r".+-\d{5}\.parquet"),
+    MARKERS_DIR: re.compile(r".+\.json"),
+}
 
 
 def result_file(key: str, i: int) -> str:
@@ -77,7 +90,8 @@ class OutputDir:
         self.storage = storage
         self.patient = patient
         self.local = protocol_of(path) == "file"
-        self.root = os.path.abspath(self.path) if self.local else strip_protocol(self.path)
+        # Locally the resolved folder: `file:///x` is /x, not a folder named `file:`.
+        self.root = normal_path(self.path) if self.local else strip_protocol(normal_path(self.path))
         self._fs = None
 
     @property
@@ -131,12 +145,12 @@ class OutputDir:
             return None
 
     @_storage_call("read from")
-    def read_jsons(self, rels: list[str]) -> dict[str, object]:
-        """Several small JSON files at once (s3fs fetches a list concurrently)."""
+    def read_many(self, rels: list[str]) -> dict[str, bytes]:
+        """Several small files at once (s3fs fetches a list concurrently); a missing one is left out."""
         if not rels:
             return {}
         got = self.fs.cat([self.full(r) for r in rels], on_error="omit")
-        return {self._rel(p): json.loads(data) for p, data in got.items()}
+        return {self._rel(p): data for p, data in got.items()}
 
     @_storage_call("list")
     def list(self, rel_dir: str, suffix: str = "") -> list[str]:
@@ -148,6 +162,36 @@ class OutputDir:
             return []
         names = sorted(self._rel(p) for p in found)
         return [n for n in names if n.endswith(suffix) and not n.rsplit("/", 1)[-1].startswith(".")]
+
+    @_storage_call("list")
+    def leftovers(self) -> list[str]:
+        """What runs that died left behind, by relative name: the temporary files of their writes
+        (locally, `.<name>.tmp-<hex>` beside the file it was to become) in the folders the job writes,
+        and the parts under _staging/. Only names of the job's own making; for a run that holds the
+        lease, before it stages anything."""
+        self.fs.invalidate_cache()
+        found = []
+        for folder, ours in _WRITTEN_IN.items():
+            try:
+                names = self.fs.ls(self.full(folder).rstrip("/"), detail=False)
+            except FileNotFoundError:
+                continue
+            for name in (p.rsplit("/", 1)[-1] for p in names):
+                temporary = _TEMPORARY.fullmatch(name)
+                if temporary and ours.fullmatch(temporary.group("name")):
+                    found.append(f"{folder}/{name}".lstrip("/"))
+        try:
+            staged = self.fs.find(self.full(STAGING_DIR))
+        except FileNotFoundError:
+            staged = []
+        for p in staged:
+            rel = self._rel(p)
+            parts = rel.split("/")
+            temporary = _TEMPORARY.fullmatch(parts[-1])
+            name = temporary.group("name") if temporary else parts[-1]
+            if len(parts) == 3 and _PART.fullmatch(name):
+                found.append(rel)
+        return sorted(found)
 
     @_storage_call("list")
     def exists(self, rel: str) -> bool:

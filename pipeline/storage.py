@@ -3,6 +3,8 @@ endpoint. Credentials come from the standard AWS environment variables and chain
 
 from __future__ import annotations
 
+import os
+import posixpath
 from urllib.parse import urlsplit
 
 import fsspec
@@ -34,6 +36,16 @@ def protocol_of(path: str) -> str:
 
 def strip_protocol(path: str) -> str:
     return path.split("://", 1)[1] if "://" in path else path
+
+
+def normal_path(path: str) -> str:
+    """The path the job means, spelled one way, for comparing paths and for local roots: a local path
+    loses `file://`, gets `~` expanded, `.`, `..` and `//` folded and its symlinks resolved (as far as
+    it exists); an object store's keeps its protocol and loses repeated and trailing slashes."""
+    protocol, bare = protocol_of(path), strip_protocol(path)
+    if protocol == "file":
+        return os.path.realpath(os.path.expanduser(bare or "."))
+    return f"{protocol}://{posixpath.normpath('/' + bare).lstrip('/')}"
 
 
 def filesystem_for(path: str, storage=None, patient: bool = True) -> fsspec.AbstractFileSystem:

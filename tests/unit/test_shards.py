@@ -4,13 +4,16 @@ and what it may remove, and the lease."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import columns as C
-from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
+from pipeline.markers import (
+    FingerprintMismatch, MarkerInvalid, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers,
+)
 from pipeline.output import OutputDir
 from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import Shard
@@ -91,43 +94,157 @@ def test_an_empty_shard_is_done_with_no_files(tmp_path):
     assert json.loads((tmp_path / "_shards" / "empty.json").read_text()) == marker
 
 
-def _shard(tmp_path, key, size=10):
-    return Shard(0, str(tmp_path / f"{key}.jsonl"), "jsonl", key=key, identity={"size": size, "mtime": 1.0})
+def _shard(tmp_path, key, size=10, index=0, name=None):
+    return Shard(index, str(tmp_path / "in" / (name or f"{key}.jsonl")), "jsonl", key=key,
+                 identity={"size": size, "mtime": 1.0})
 
 
-def _marker(out, key, fields=FIELDS, size=10, files=None):
+def _marker(out, key, fields=FIELDS, size=10, files=None, name=None, **extra):
     files = files if files is not None else [f"{key}-00000.parquet"]
     for f in files:
         out.write_bytes(f, b"x")
-    out.write_json(f"_shards/{key}.json", {"key": key, "identity": {"size": size, "mtime": 1.0}, "files": files,
-                                           "error_files": [], "fingerprint": fingerprint(fields), "spec": fields})
+    counts = dict.fromkeys(("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots",
+                            "windows", "documents_truncated", "largest_document_tokens"), 1)
+    out.write_json(f"_shards/{key}.json", {
+        "key": key, "shard": str(Path(out.root).parent / "in" / (name or f"{key}.jsonl")),
+        "identity": {"size": size, "mtime": 1.0}, "files": files, "error_files": [],
+        "fingerprint": fingerprint(fields), "spec": fields, **counts, **extra})
+
+
+def _plan(out, shards, **kw):
+    recorded = read_markers(out)
+    return plan_resume(out, keep_keys(shards, recorded.markers), FIELDS, recorded, **kw)
 
 
 def test_resume_plan_skips_matching_shards_and_removes_only_the_jobs_own_files(tmp_path):
-    out = OutputDir(str(tmp_path))
+    out = OutputDir(str(tmp_path / "out"))
     _marker(out, "a")
     _marker(out, "b", size=99)  # its input changed since
-    out.write_json("_shards/c.pending.json", {"files": ["c-00000.parquet", "mine.csv", "../escape.parquet"]})
+    out.write_json("_shards/c.pending.json", {"files": ["c-00000.parquet", "_errors/c-00000.parquet"]})
     out.write_bytes("c-00000.parquet", b"half")
-    out.write_bytes("_staging/c/r000000000000-abc.parquet", b"part")
+    out.write_bytes("_staging/c/r000000000000-0123456789ab.parquet", b"part")
+    out.write_bytes("_staging/c/r000000000000-mine.parquet", b"user's, not a part's name")
     out.write_bytes("mine.csv", b"user")
-    shards = [_shard(tmp_path, k) for k in "abc"]
+    shards = [_shard(tmp_path, k, index=i) for i, k in enumerate("abc")]
 
-    plan = plan_resume(out, shards, FIELDS)
-    assert list(plan.done) == ["a"] and [s.key for s in plan.todo] == ["b", "c"]
+    plan = _plan(out, shards)
+    assert list(plan.done) == ["a"] and [s.key for s in plan.todo] == ["b", "c"] and plan.retired == {}
     assert sorted(plan.remove) == sorted([
-        "b-00000.parquet", "_shards/b.json", "c-00000.parquet", "_shards/c.pending.json",
-        "_staging/c/r000000000000-abc.parquet", "_SUMMARY.json", "_REPORT.html", "_SUCCESS"])
+        "b-00000.parquet", "_shards/b.json", "c-00000.parquet", "_errors/c-00000.parquet", "_shards/c.pending.json",
+        "_staging/c/r000000000000-0123456789ab.parquet", "_SUMMARY.json", "_REPORT.html", "_SUCCESS"])
     out.remove(plan.remove)
-    assert (tmp_path / "mine.csv").read_bytes() == b"user" and (tmp_path / "a-00000.parquet").exists()
+    assert (tmp_path / "out" / "mine.csv").read_bytes() == b"user" and (tmp_path / "out" / "a-00000.parquet").exists()
+    assert (tmp_path / "out" / "_staging" / "c" / "r000000000000-mine.parquet").exists()
 
-    fresh = plan_resume(out, shards, FIELDS, fresh=True)
+    fresh = _plan(out, shards, fresh=True)
     assert fresh.done == {} and "a-00000.parquet" in fresh.remove and "_shards/a.json" in fresh.remove
 
 
+@pytest.mark.parametrize("marker, why", [
+    ({"files": ["../victim.txt"]}, "names '../victim.txt'"),
+    ({"files": ["/etc/passwd"]}, "names '/etc/passwd'"),
+    ({"files": ["b-00000.parquet"]}, "not a result file of shard 'a'"),  # another shard's file
+    ({"error_files": ["_errors/../../victim-00000.parquet"]}, "not a result file"),
+    ({"files": "a-00000.parquet"}, "no list of files"),
+    ({"key": "b"}, "not a marker of shard 'a'"),
+    ({"rows": -1}, "count 'rows'"),
+    ({"shard": None}, "lacks the shard"),
+])
+def test_a_marker_naming_what_is_not_its_shards_is_refused_and_nothing_is_removed(tmp_path, marker, why):
+    out = OutputDir(str(tmp_path / "out"))
+    (tmp_path / "victim.txt").write_text("keep")
+    _marker(out, "a", files=[])
+    record = json.loads((tmp_path / "out" / "_shards" / "a.json").read_text())
+    (tmp_path / "out" / "_shards" / "a.json").write_text(json.dumps({**record, **marker}))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(MarkerInvalid, match=rf"_shards/a\.json .*{why}.*move it out"):
+        read_markers(out)
+    assert sorted(p for p in tmp_path.rglob("*")) == before and (tmp_path / "victim.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("evil.pending.json", {"files": ["../victim.txt"]}, "names '../victim.txt'"),
+    ("evil.json", "{not json", "not JSON the job wrote"),
+    ("evil.json", "", "not JSON the job wrote"),
+    ("a b.json", {"key": "a b"}, "not named for a shard"),
+])
+def test_a_hand_made_file_under_shards_is_refused(tmp_path, name, content, why):
+    out = OutputDir(str(tmp_path / "out"))
+    out.write_bytes(f"_shards/{name}", (content if isinstance(content, str) else json.dumps(content)).encode())
+    with pytest.raises(MarkerInvalid, match=why):
+        read_markers(out)
+
+
+def test_a_shard_keeps_its_key_when_a_file_with_its_stem_arrives(tmp_path):
+    out = OutputDir(str(tmp_path / "out"))
+    _marker(out, "s00", name="s00.jsonl")
+    # Listed together, the two stems collide and the listing names both by their full names.
+    shards = [_shard(tmp_path, "s00.jsonl", index=0, name="s00.jsonl"),
+              _shard(tmp_path, "s00.parquet", index=1, name="s00.parquet")]
+    kept = keep_keys(shards, read_markers(out).markers)
+    assert [s.key for s in kept] == ["s00", "s00.parquet"]
+    plan = _plan(out, shards)
+    assert list(plan.done) == ["s00"] and [s.key for s in plan.todo] == ["s00.parquet"]
+    assert "s00-00000.parquet" not in plan.remove
+
+    # The jsonl shard gone and a parquet one of its stem in its place: the key stays with its marker.
+    alone = [_shard(tmp_path, "s00", name="s00.parquet")]
+    (key,) = [s.key for s in keep_keys(alone, read_markers(out).markers)]
+    assert key.startswith("s00-") and key != "s00"
+
+
+def test_results_of_a_vanished_shard_refuse_the_run_or_are_retired(tmp_path):
+    out = OutputDir(str(tmp_path / "out"))
+    for key in ("s14", "s15", "s16"):
+        _marker(out, key)
+    shards = [_shard(tmp_path, "s14b", index=0), _shard(tmp_path, "s16", index=1)]  # s14 renamed, s15 deleted
+    with pytest.raises(VanishedShards, match=r"2 shard\(s\) no longer in the input: s14 \(from .*s14\.jsonl\), "
+                                             r"s15 .*--retire"):
+        _plan(out, shards)
+    plan = _plan(out, shards, retire=True)
+    assert sorted(plan.retired) == ["s14", "s15"] and list(plan.done) == ["s16"]
+    assert {"s14-00000.parquet", "_shards/s14.json", "s15-00000.parquet", "_shards/s15.json",
+            "_SUCCESS"} <= set(plan.remove)
+    assert "s16-00000.parquet" not in plan.remove
+    # A --limit run that leaves s16 out does not take it for vanished.
+    assert _plan(out, shards[:1], listed={"s14b", "s16"}, retire=True).retired.keys() == {"s14", "s15"}
+
+
+def test_an_edited_shard_is_redone_whatever_its_size_and_mtime_say(tmp_path):
+    import os
+
+    from pipeline.sources import list_shards
+    from pipeline.spec import InputSpec
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.jsonl").write_text('{"id": 1, "text": "Alice"}\n')
+    before = list_shards(InputSpec(path=str(src)))[0].identity
+    stat = os.stat(src / "a.jsonl")
+    (src / "a.jsonl").write_text('{"id": 1, "text": "Alice"}\n'.replace("Alice", "Bobby"))  # same size
+    os.utime(src / "a.jsonl", ns=(stat.st_atime_ns, stat.st_mtime_ns))  # touch -r
+    after = list_shards(InputSpec(path=str(src)))[0].identity
+    assert after["size"] == before["size"] and after["mtime_ns"] == before["mtime_ns"]
+    assert after != before  # the change time moved
+    checked = list_shards(InputSpec(path=str(src), verify="checksum"))[0].identity
+    assert checked.keys() == {"size", "sha256"} and len(checked["sha256"]) == 64
+
+
+def test_leftovers_of_a_dead_run_are_named_and_nothing_else(tmp_path):
+    out = OutputDir(str(tmp_path / "out"))
+    theirs = ["._PROGRESS.json.tmp-0123abcd", "_shards/.a.json.tmp-89abcdef", ".a-00000.parquet.tmp-deadbeef",
+              "_errors/.a-00000.parquet.tmp-00000000", "_staging/a/r000000000010-0123456789ab.parquet",
+              "_staging/a/.r000000000010-0123456789ab.parquet.tmp-01234567"]
+    mine = [".notes.tmp-01234567", "_staging/a/notes.txt", "_shards/.a.json.tmp-x", "keep.parquet"]
+    for rel in theirs + mine:
+        (tmp_path / "out" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / rel).write_text("x")
+    assert out.leftovers() == sorted(theirs)
+
+
 def test_a_marker_made_with_other_settings_refuses_naming_the_keys(tmp_path):
-    out = OutputDir(str(tmp_path))
+    out = OutputDir(str(tmp_path / "out"))
     _marker(out, "a", fields={**FIELDS, "head.aggregation_strategy": "max"})
     with pytest.raises(FingerprintMismatch, match=r"head\.aggregation_strategy \('max' there, 'simple' now\).*--fresh"):
-        plan_resume(out, [_shard(tmp_path, "a")], FIELDS)
-    assert plan_resume(out, [_shard(tmp_path, "a")], FIELDS, fresh=True).todo
+        _plan(out, [_shard(tmp_path, "a")])
+    assert _plan(out, [_shard(tmp_path, "a")], fresh=True).todo

@@ -136,11 +136,12 @@ def test_keys_name_nested_shards_uniquely_and_deterministically(tmp_path):
     assert [s.key for s in _shards(tmp_path / "day" / "a.jsonl.gz")] == ["a"]
 
 
-def test_local_shards_carry_size_and_mtime(tmp_path):
+def test_local_shards_carry_size_times_and_inode(tmp_path):
     path = _jsonl(tmp_path / "a.jsonl", [{"id": 1, "body": "x"}])
     (shard,) = _shards(tmp_path)
     st = os.stat(path)
-    assert shard.identity == {"size": st.st_size, "mtime": st.st_mtime}
+    assert shard.identity == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                              "inode": st.st_ino}
     assert shard.path == str(path)
 
 
