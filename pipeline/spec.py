@@ -7,11 +7,12 @@ prints it and the README copies it). Unknown keys are rejected with their dotted
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from pipeline.heads import DEFAULT_MAX_LENGTH, HEADS, head_entry
 from pipeline.heads.options import (  # noqa: F401 - importable from here, as before the registry
@@ -52,6 +53,14 @@ class InputSpec(_Strict):
         description="A Parquet shard larger than this many MB is read by several tasks at once, each a run of whole "
         "row groups of about this size (a file written as one row group is read whole); rows keep their place and "
         "stable ids. null reads every shard with one task.",
+    )
+    verify: Literal["metadata", "checksum"] = Field(
+        "metadata",
+        description="How a rerun tells that a finished shard's input is unchanged. `metadata`: locally its size, "
+        "modification and change times and inode (an edit caught even when the modification time is put back); on "
+        "object storage its size and ETag. `checksum`: a SHA-256 of every shard's bytes, read on the driver before "
+        "the work (certain, and a copied or restored input is not redone; costs a read of the whole input). "
+        "Switching between them redoes every shard once.",
     )
 
 
@@ -142,6 +151,28 @@ class StorageSpec(_Strict):
     )
     region: str | None = Field(None, description="S3 region, when the store needs one.")
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, url: str | None) -> str | None:
+        # Checked here, so that a malformed URL is refused in the spec's words (its password masked) and
+        # never reaches boto, whose errors quote the URL whole.
+        if url is None:
+            return url
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+        except ValueError:
+            parts = None
+        if parts is not None and "@" in parts.netloc:
+            raise ValueError(f"storage.endpoint_url: {_show(url)} holds a user name or password; credentials come "
+                             "from the AWS environment variables and chain, never from the spec: remove it")
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"storage.endpoint_url: {_show(url)} is not an endpoint URL; give "
+                             "http://host:port or https://host")
+        return url
+
 
 class ActorRange(_Strict):
     min: int = Field(ge=1, description="Actors the pool starts with and never goes below.")
@@ -150,7 +181,7 @@ class ActorRange(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> "ActorRange":
         if self.min > self.max:
-            raise ValueError(f"min ({self.min}) is larger than max ({self.max}); give min <= max")
+            raise ValueError(f"min ({_show(self.min)}) is larger than max ({_show(self.max)}); give min <= max")
         return self
 
 
@@ -294,6 +325,82 @@ class SpecError(ValueError):
     """A spec that cannot run; the message names the field and what to do."""
 
 
+# The spec file is untrusted input. YAML aliases are refused outright, not expanded and counted: a spec
+# is a short hand-written file in which an alias saves a line or two, while nine anchors of nine aliases
+# each (a "billion laughs" of under 1 KiB) stand for 9**9 values, which no cap on the file's size or
+# depth would see, and which then cost minutes and gigabytes to validate and to quote in the error.
+# The caps on size and depth bound what is left: the YAML parse, pydantic, and the error message. Depth
+# is counted while the (recursive) YAML composer builds the tree, so 20,000 brackets stop at the cap
+# instead of in a RecursionError.
+MAX_SPEC_BYTES = 256 << 10  # 256 KiB: a spec is a few KiB; PyYAML reads 256 KiB of `[1,1,...` in 2-3 s
+MAX_SPEC_DEPTH = 64  # levels of nested mappings and lists: a spec uses 4
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Spec YAML refused before it is built: an alias, or nesting deeper than MAX_SPEC_DEPTH."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing aliases and nesting deeper than MAX_SPEC_DEPTH as it composes."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(problem=f"YAML aliases ({_clip('*' + str(event.anchor), 40)}) are not supported; "
+                           "write the value out", problem_mark=event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_SPEC_DEPTH:
+                raise _Refused(problem=f"values nested more than {MAX_SPEC_DEPTH} levels deep; a spec needs a few",
+                               problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _load_yaml(text: str) -> Any:
+    """One YAML document, as yaml.safe_load reads it, through _SpecLoader. Raises yaml.YAMLError (a
+    _Refused for an alias or too deep), or ValueError for a value Python cannot hold (a date
+    2026-02-30, an integer of more than 4300 digits)."""
+    loader = _SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+# userinfo in a URL: scheme://user:password@host (or //user@host): the part before the host's `@`.
+_USERINFO = re.compile(r"((?:\b[A-Za-z][A-Za-z0-9+.-]*:)?//)([^/?#@\s'\"]*)@")
+
+
+def _redact(text: str) -> str:
+    """`text` with the password of every URL in it masked: http://user:***@host (a user alone, which may
+    be a token, is masked whole: http://***@host)."""
+    def mask(m: re.Match) -> str:
+        user, colon, _ = m.group(2).partition(":")
+        return f"{m.group(1)}{_clip(user, 40) + ':***' if colon else '***'}@"
+
+    return _USERINFO.sub(mask, text) if "@" in text else text
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text`, or its start, an ellipsis and its length when longer than `limit`."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text):,} characters)"
+
+
+_LONG_WORD = re.compile(r"\S{201,}")
+
+
+def _guard(message: str) -> str:
+    """The last word on a message that quotes input: URL passwords masked, and any run of more than 200
+    characters without a space (a value quoted whole somewhere) cut to its start and its length."""
+    return _LONG_WORD.sub(lambda m: _clip(m.group(0), 80), _redact(message))
+
+
 def _dotted(loc: tuple) -> str:
     """A pydantic error location as the spec's dotted key: head.top_k, output.columns[0]. The
     discriminator tag pydantic inserts for the head union (head.token-classification.x) is dropped."""
@@ -303,7 +410,8 @@ def _dotted(loc: tuple) -> str:
     loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
+        # A key is input too: a long one is cut, a URL's password masked.
+        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{_clip(_redact(str(part)), 60)}"
     return out or "(spec)"
 
 
@@ -331,8 +439,41 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    # Never repr() the whole value: it is the user's, of any size (a list of a million items), and may
+    # hold a URL with a password. _brief looks at a few items of a few levels, each string masked and cut.
+    text = _brief(value, 2)
+    if not isinstance(value, (list, tuple, dict, set, frozenset)):
+        return text  # a string or a number: cut by _brief, with its length
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return text + (f" ({len(value):,} items)" if len(value) > 3 or text.endswith("...") else "")
+
+
+def _brief(value: Any, depth: int) -> str:
+    """A short repr of `value`: strings masked (_redact) and cut past 40 characters, with their length;
+    at most 3 items of a list or mapping, `depth` levels down."""
+    if isinstance(value, str):
+        text = _redact(value)
+        if len(text) <= 48:
+            return repr(text)
+        quoted = repr(text[:40])
+        return f"{quoted[:-1]}...{quoted[-1]} ({len(value):,} characters)"
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        brackets = "{}" if isinstance(value, (dict, set, frozenset)) else "()" if isinstance(value, tuple) else "[]"
+        if not value:
+            return repr(value)
+        if depth <= 0:
+            return f"{brackets[0]}...{brackets[1]}"
+        items = []
+        for n, item in enumerate(value.items() if isinstance(value, dict) else value):
+            if n == 3:
+                items.append("...")
+                break
+            items.append(f"{_brief(item[0], depth - 1)}: {_brief(item[1], depth - 1)}" if isinstance(value, dict)
+                         else _brief(item, depth - 1))
+        return brackets[0] + ", ".join(items) + brackets[1]
+    text = repr(value)  # a number, a date, bytes (!!binary): bounded by the spec's size
+    return text if len(text) <= 48 else f"{text[:40]}... ({len(text):,} characters)"
 
 
 def _close(word: Any, choices: list[str]) -> str | None:
@@ -500,31 +641,42 @@ def _one_error(e: dict, head_name_bad: bool) -> str | None:
 def format_validation_error(err: ValidationError) -> str:
     """pydantic's errors as sentences `field: what is wrong; what to do`, the spec's own words (dotted
     keys, YAML values), one per problem."""
-    errors = err.errors()
+    errors = err.errors(include_url=False)
     head_name_bad = any(tuple(e["loc"]) == ("model", "head") for e in errors)
     messages: list[str] = []
+    seen = 0
     for e in errors:
+        if len(messages) == _MAX_PROBLEMS:
+            break  # a list of a million wrong items is a million errors: say the first few
+        seen += 1
         msg = _one_error(e, head_name_bad)
+        msg = _guard(msg) if msg else msg
         if msg and msg not in messages:
             messages.append(msg)
     out = ""
     for msg in messages:
         out += ("" if not out else " " if out.endswith(("?", ".", ":")) else ". ") + msg
+    if seen < len(errors):
+        out += f" (and up to {len(errors) - seen:,} more problems)"
     return out
+
+
+_MAX_PROBLEMS = 10  # problems told in one message
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise SpecError(f"--set {item!r}: expected key.path=value")
+        raise SpecError(f"--set {_show(item)}: expected key.path=value")
     key, value = item.split("=", 1)
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
-        raise SpecError(f"--set {item!r}: empty key")
-    # Values parse as YAML scalars: 8 is an int, true a bool, null None, [a, b] a list.
+        raise SpecError(f"--set {_show(item)}: empty key")
+    # Values parse as YAML scalars: 8 is an int, true a bool, null None, [a, b] a list. The spec file's
+    # loader: no aliases, no deeper than MAX_SPEC_DEPTH.
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError:
-        parsed = value  # not YAML (a glob starting with *): keep the text
+        parsed = _load_yaml(value) if value != "" else ""
+    except (yaml.YAMLError, ValueError):
+        parsed = value  # not YAML (a glob starting with *, an alias, a date 2026-02-30): keep the text
     if isinstance(parsed, (dt.date, dt.datetime)):
         parsed = value  # a bare date is a path component here, not a timestamp
     return keys, parsed
@@ -539,7 +691,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if nxt is None:
                 nxt = node[k] = {}
             if not isinstance(nxt, dict):
-                raise SpecError(f"--set {item!r}: {k} is not a section")
+                raise SpecError(f"--set {_show(item)}: {_clip(_redact(k), 60)} is not a section")
             node = nxt
         node[keys[-1]] = value
     return data
@@ -548,15 +700,32 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)  # no more: the spec is untrusted (see MAX_SPEC_BYTES)
     except OSError as e:
         raise SpecError(f"{path}: cannot read the spec ({e.strerror or e})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES >> 10} KiB; a spec is a short YAML file (is it "
+                        "the right file?)")
     try:
-        data = yaml.safe_load(text) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start + 1} cannot be read); save the spec as UTF-8") from None
+    try:
+        data = _load_yaml(text) or {}
+    except _Refused as e:
+        mark = e.problem_mark
+        raise SpecError(f"{path}: {e.problem} (line {mark.line + 1}, column {mark.column + 1})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise SpecError(_guard(f"{path}: not valid YAML{where} ({problem})")) from None
+    except RecursionError:  # not expected past _SpecLoader's depth cap: one sentence all the same
+        raise SpecError(f"{path}: values nested too deeply to read; a spec needs a few levels") from None
+    except ValueError as e:  # a value YAML reads but Python cannot hold
+        reason = str(e).split(";")[0] or type(e).__name__
+        raise SpecError(_guard(f"{path}: a value cannot be read ({reason}); quote it to keep it as text")) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a mapping with input, model, output sections")
     data = apply_overrides(data, overrides or [])
@@ -568,6 +737,8 @@ def spec_from_dict(data: dict, source: str = "spec") -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError(f"{source}: {format_validation_error(e)}") from None
+    except RecursionError:  # a dict nested thousands deep, given to apply() (load_spec caps the depth)
+        raise SpecError(f"{source}: values nested too deeply; a spec needs a few levels") from None
 
 
 def spec_reference() -> str:

@@ -407,7 +407,7 @@ def test_head_options_several_heads_have_and_none_has():
                                     "prefix (copied once per node to a local cache), or a model-hub name where a hub "
                                     "is reachable)"),
         ({"input": "d.jsonl"}, "input: 'd.jsonl' is not a section; write its keys (path, format, id_column, "
-                               "text_column, text_pair_column, question_column, context_column, split_mb) indented under input:"),
+                               "text_column, text_pair_column, question_column, context_column, split_mb, verify) indented under input:"),
         ({"model": {"path": "m"}}, f"model.head: required key is missing; add it (one of {HEADS})"),
     ],
     ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None,
