@@ -25,6 +25,7 @@ examples:
   %(prog)s run jobs/nightly_tagging.yaml --set output.path=s3://tags/daily/2026-12-01/
   %(prog)s run jobs/laptop.yaml --limit 20 --set output.path=out/try   # a dry run on the first 20 rows
   %(prog)s run jobs/laptop.yaml --fresh        # redo everything (after retraining the model)
+  %(prog)s run jobs/laptop.yaml --retire       # a shard was deleted or renamed: drop its old results
   %(prog)s validate jobs/laptop.yaml           # check spec, input, output and model; run nothing
   %(prog)s run jobs/laptop.yaml | jq .rows_written   # stdout carries only the summary JSON
   %(prog)s plan jobs/ner_extraction.yaml --tokens 2e9 --hours 8 --from out/laptop   # size a cluster
@@ -34,10 +35,13 @@ exit codes:
   1  not finished: a shard could not be read or written, too many error rows, storage failed, or
      another run holds the output; rerun the same command to resume
   2  a bad spec, input, output or model, found before any work
+  validate: 0 ready to run; 1 another run holds the output now (its lease is live: run would stop the
+     same way); 2 as above, an output whose _LEASE.json is not a lease this job wrote included
   plan: 0 the plan is printed (whatever limit comes first); 2 a bad spec, summary or argument
 
 Progress goes to stderr (a live bar on a terminal, a line every few seconds otherwise); errors are
-one sentence naming the field or file and what to do; --debug shows the traceback.
+one sentence naming the field or file and what to do, and the last line on stderr; --debug shows the
+traceback.
 """
 
 
@@ -63,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             s.add_argument("--fresh", action="store_true",
                            help="redo every shard instead of resuming (removes only files this job wrote)")
+            s.add_argument("--retire", action="store_true",
+                           help="remove the results of shards no longer in the input (deleted or renamed) "
+                                "instead of refusing to run; the summary lists them")
             s.add_argument("--limit", type=_positive, metavar="N",
                            help="run only the first N rows of the input, end to end (a dry run; no _SUCCESS)")
             s.add_argument("--verbose", "-v", action="store_true",
@@ -144,7 +151,9 @@ def _stdout_to_stderr(verbose: bool):
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
     read_end, write_end = os.pipe()
-    pump = threading.Thread(target=_pump, args=(read_end, saved_err, verbose), daemon=True, name="stderr-filter")
+    gate = _Gate()
+    pump = threading.Thread(target=_pump, args=(read_end, saved_err, verbose, gate), daemon=True,
+                            name="stderr-filter")
     pump.start()
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
@@ -164,20 +173,41 @@ def _stdout_to_stderr(verbose: bool):
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)
         os.close(saved_out)
-        # The pump ends when the last writer closes its end (Ray's processes have stopped by now).
+        # The pump ends when the last writer closes its end (Ray's processes have stopped by now). One
+        # that outlives the wait (a Ray process still exiting) is silenced: what the caller prints next
+        # (the error line) must be the last thing on stderr.
         pump.join(timeout=2)
+        gate.close()
 
 
-def _pump(read_end: int, out_fd: int, verbose: bool) -> None:
+class _Gate:
+    """The pump's way out to stderr, which the main thread closes once it has done waiting for it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open = True
+
+    def write(self, fd: int, data: bytes) -> None:
+        with self._lock:
+            if self._open:
+                os.write(fd, data)
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+
+
+def _pump(read_end: int, out_fd: int, verbose: bool, gate: _Gate) -> None:
     tail = b""
     with os.fdopen(read_end, "rb", buffering=0) as pipe:
         while chunk := pipe.read(65536):
             *lines, tail = (tail + chunk).split(b"\n")
             kept = [line for line in lines if verbose or not _RAY_NATIVE_LOG.match(line)]
             if kept:
-                os.write(out_fd, b"\n".join(kept) + b"\n")
+                gate.write(out_fd, b"\n".join(kept) + b"\n")
     if tail and (verbose or not _RAY_NATIVE_LOG.match(tail)):
-        os.write(out_fd, tail)
+        gate.write(out_fd, tail + b"\n")
+    gate.close()
     os.close(out_fd)
 
 
@@ -193,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plan":
         return _plan(args)
     with _stdout_to_stderr(verbose):
-        code, result = _command(args, verbose)
+        code, result, error = _command(args, verbose)
+    # Only now, with Ray stopped and its output drained, so that nothing follows it.
+    if error is not None:
+        print(error, file=sys.stderr, flush=True)
     if result is not None:
         print(result, flush=True)
     return code
@@ -220,11 +253,12 @@ def _plan(args) -> int:
     return 0
 
 
-def _command(args, verbose: bool) -> tuple[int, str | None]:
-    """(exit code, what goes to stdout)."""
+def _command(args, verbose: bool) -> tuple[int, str | None, str | None]:
+    """(exit code, what goes to stdout, the error line for stderr). The error is returned, not printed:
+    the caller prints it after Ray has stopped and the output pump is drained, as the last line."""
     from pipeline.job import JobFailed, run, validate
     from pipeline.lease import RunActive
-    from pipeline.markers import FingerprintMismatch
+    from pipeline.markers import FingerprintMismatch, MarkerInvalid, VanishedShards
     from pipeline.models import ModelError
     from pipeline.sources import InputError
     from pipeline.spec import SpecError, load_spec
@@ -234,31 +268,42 @@ def _command(args, verbose: bool) -> tuple[int, str | None]:
         spec = load_spec(args.spec, args.overrides)
         if args.command == "validate":
             facts = validate(spec)
+            # What `run` would stop at: another run's live lease (exit 1, as run), or a lease file that is
+            # not one (exit 2).
+            _check_lease(spec)
             return 0, (f"ok: {spec.model.head} on {facts['model_dir']}, {len(facts['shards'])} input shard(s), "
-                       f"output to {spec.output.path}")
-        summary = run(spec, fresh=args.fresh, limit=args.limit, verbose=verbose)
-        return 0, _readable_json(summary)
-    except (SpecError, InputError, ModelError, FingerprintMismatch) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2, None
+                       f"output to {spec.output.path}"), None
+        summary = run(spec, fresh=args.fresh, limit=args.limit, verbose=verbose, retire=args.retire)
+        return 0, _readable_json(summary), None
+    except (SpecError, InputError, ModelError, FingerprintMismatch, MarkerInvalid, VanishedShards) as e:
+        return 2, None, f"error: {e}"
     except (JobFailed, RunActive) as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1, None
+        return 1, None, f"error: {e}"
     except KeyboardInterrupt:
-        print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
-        return 1, None
+        return 1, None, "interrupted: finished shards are kept; rerun the same command to resume"
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and how to see more
         if args.debug:
             raise
-        print(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1, None
+        return 1, None, f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)"
     finally:
         if _ray_up() and not ray_was_up:
             # Stop the Ray this command started (or detach from the cluster) while stdout still goes
             # to stderr: its shutdown messages must not follow the summary.
             _stop_ray()
+
+
+def _check_lease(spec) -> None:
+    """RunActive when another run holds output.path; InputError for a _LEASE.json that is no lease."""
+    from pipeline.lease import refuse_if_held
+    from pipeline.output import OutputDir, StorageFailed
+    from pipeline.sources import InputError
+
+    try:
+        refuse_if_held(OutputDir(spec.output.path, spec.storage))
+    except StorageFailed as e:
+        raise InputError(f"output.path: {e}") from None
 
 
 # A list of scalars as json.dumps(indent=2) writes it: one element a line. JSON strings hold no raw

@@ -13,6 +13,7 @@ import collections
 import functools
 import logging
 import os
+import posixpath
 import re
 import sys
 import time
@@ -23,10 +24,12 @@ from pipeline.compose import Stage, column_sum, compose, in_blocks_of, model_sta
 from pipeline.heads import head_entry
 from pipeline.lease import Lease
 from pipeline.ledger import ReadLedger
-from pipeline.markers import FingerprintMismatch, fingerprint, plan_resume
+from pipeline.markers import (
+    FingerprintMismatch, MarkerInvalid, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers,
+)
 from pipeline.meter import StageMeter
 from pipeline.models import weights_bytes
-from pipeline.output import OutputDir, StorageFailed
+from pipeline.output import STAGING_DIR, OutputDir, StorageFailed
 from pipeline.progress import Display, RowTotal, Snapshot
 from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import (
@@ -34,7 +37,7 @@ from pipeline.sources import (
     reader_columns, shard_columns,
 )
 from pipeline.spec import SpecError, pool_bounds
-from pipeline.storage import protocol_of, strip_protocol
+from pipeline.storage import normal_path, protocol_of, strip_protocol
 from pipeline.summary import build_summary, error_verdict, totals, write_complete, write_progress
 
 log = logging.getLogger(__name__)
@@ -127,17 +130,17 @@ def _acquire(lease: Lease) -> None:
         raise InputError(f"output.path: {e}") from None
 
 
-def _normal(path: str) -> str:
-    if protocol_of(path) == "file":
-        return os.path.abspath(os.path.expanduser(path)).rstrip("/")
-    return f"{protocol_of(path)}://{strip_protocol(path).rstrip('/')}"
-
-
 def _check_paths_apart(input_path: str, output_path: str) -> None:
-    parts = _normal(input_path).split("/")
-    fixed = "/".join(p for p in parts[: next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), None)])
-    out = _normal(output_path)
-    if out == fixed or out.startswith(fixed + "/") or fixed.startswith(out + "/"):
+    """Refuses an output that is, lies inside or contains the input, compared as the paths they name
+    (pipeline.storage.normal_path: `file://`, `~`, `..`, `//` and symlinks resolved), the input up to
+    its first wildcard."""
+    protocol, bare = protocol_of(input_path), strip_protocol(input_path)
+    parts = bare.split("/")
+    wild = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))
+    fixed = "/".join(parts[:wild]) or ("/" if bare.startswith("/") else ".")
+    fixed = normal_path(fixed if protocol == "file" else f"{protocol}://{fixed}").rstrip("/")
+    out = normal_path(output_path).rstrip("/")
+    if out == fixed or out.startswith(fixed + "/") or fixed.startswith(out + "/") or not out:
         raise SpecError(f"output.path: {output_path} is, lies inside or contains input.path {input_path}; "
                         "write the results somewhere else")
 
@@ -315,20 +318,24 @@ def _is_local() -> bool:
     return len(ray.nodes()) == 1
 
 
-def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verbose: bool = False) -> dict:
+def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verbose: bool = False,
+        retire: bool = False) -> dict:
     """Run the job on the shards not done yet (all of them with `fresh`); returns the summary (also
     written to output.path/_SUMMARY.json). Raises JobFailed when it did not finish.
 
     `progress`: None shows a live progress display on stderr; a callable gets the job's messages
     instead (and no display). `limit`: run only the first N rows of the input (a dry run; see
-    `_first_rows`). `verbose`: let Ray and the workers print their own logs."""
+    `_first_rows`). `verbose`: let Ray and the workers print their own logs. `retire`: remove the results
+    of shards no longer in the input instead of refusing to run (pipeline.markers.plan_resume)."""
     display = Display(sys.stderr) if progress is None else Display(message=progress)
     started = time.time()
     facts = _checked_while_ray_starts(spec, verbose, take_lease=True)
     lease = facts["lease"]
     output = lease.output
     try:
-        shards = facts["shards"]
+        recorded = read_markers(output)
+        shards = keep_keys(facts["shards"], recorded.markers)
+        listed = {s.key for s in shards}
         limits: dict[str, int] = {}
         if limit is not None:
             chosen, limits = _first_rows(shards, limit, spec.storage)
@@ -336,9 +343,10 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
                 limit = None  # the limit holds the whole input: a full run
             shards = chosen
         fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
-        return _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh, display, started,
+        plan = plan_resume(output, shards, fields, recorded, listed=listed, fresh=fresh, limits=limits, retire=retire)
+        return _run_leased(spec, shards, limit, limits, facts, output, fields, lease, plan, display, started,
                            verbose)
-    except (JobFailed, SpecError, InputError, FingerprintMismatch):
+    except (JobFailed, SpecError, InputError, FingerprintMismatch, MarkerInvalid, VanishedShards):
         raise
     except Exception as e:  # noqa: BLE001 - storage failing between the stages: one sentence, and resumable
         raise JobFailed(f"the job stopped: {_root_cause(e)}; finished shards are kept, rerun the same command to "
@@ -366,13 +374,18 @@ def _first_rows(shards, limit: int, storage) -> tuple[list, dict[str, int]]:
     return chosen, limits
 
 
-def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh, display, started, verbose) -> dict:
-    """`run` once the lease is held: resume plan, the work, then the summary or a progress record."""
-    plan = plan_resume(output, shards, fields, fresh, limits=limits)
+def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, plan, display, started, verbose) -> dict:
+    """`run` once the lease is held and the resume plan made: the work, then the summary or a progress
+    record."""
     removed = output.remove(plan.remove)
+    for folder in sorted({posixpath.dirname(rel) for rel in plan.remove if rel.startswith(STAGING_DIR + "/")}):
+        output.prune(folder)
+    if plan.retired:
+        display.message(f"retired {len(plan.retired)} shard(s) no longer in the input: "
+                        f"{', '.join(sorted(plan.retired)[:5])}{' ...' if len(plan.retired) > 5 else ''}")
     if plan.done or removed:
         display.message(f"{len(plan.done)} of {len(shards)} shard(s) done by an earlier run; "
-                        f"removed {removed} file(s) of unfinished shards")
+                        f"removed {removed} file(s) of unfinished, retired or interrupted work")
     record = {
         "run_id": lease.run_id, "fingerprint": fingerprint(fields), "model": spec.model.path,
         "model_revision": facts["model"]["revision"], "head": spec.model.head,
@@ -390,7 +403,7 @@ def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh
             error = str(e)
     t = totals([markers[s.key] for s in shards if s.key in markers])
     run_info = {**record, "shards": len(shards), "shards_resumed": len(plan.done),
-                "shards_run": len(markers) - len(plan.done)}
+                "shards_run": len(markers) - len(plan.done), "shards_retired": sorted(plan.retired)}
     if error is None and failed:
         first = next(iter(failed.values()))
         error = (f"{len(failed)} of {len(shards)} shard(s) did not finish ({first}); the other shards are done: "
@@ -410,7 +423,7 @@ def _run_leased(spec, shards, limit, limits, facts, output, fields, lease, fresh
         run_info["limit"] = limit
     summary = build_summary(t, run=run_info, wall=time.time() - started, tokens_this_run=tokens_this_run,
                             measured=measured, limited=limit is not None)
-    if limit is not None and not plan.todo:
+    if limit is not None and not (plan.todo or plan.retired):
         return summary  # a dry run over rows already done: the output's own records stay as they are
     write_complete(output, summary)
     return summary

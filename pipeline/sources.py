@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import columns as C
@@ -32,6 +36,8 @@ READ_BATCH_ROWS = 4096
 READ_CHUNK_BYTES = 1 << 20
 COUNT_CHUNK_BYTES = 8 << 20
 PROBE_THREADS = 16  # id-type probes are one small read each; on S3 their latency, not bandwidth, adds up
+UTF8_BOM = b"\xef\xbb\xbf"  # skipped at the start of a JSONL file
+JSON_BLOCK_BYTES = 16 << 20  # pyarrow's JSON reader (the id probe): a longer line makes the probe parse lines
 
 # Reader keys of the input columns carried to the output (output.columns): CARRY_PREFIX + the column's
 # name. Internal while they travel (stages pass them through untouched); Postprocess writes them under
@@ -69,7 +75,7 @@ class Shard:
     format: str  # "parquet" | "jsonl"
     compression: str | None = None  # fsspec's name: "gzip" | "bz2" | "zstd"
     key: str = ""  # the stem of this shard's output files: unique in its listing, deterministic
-    identity: dict = field(default_factory=dict)  # {"size", "etag"} or {"size", "mtime"}: what resume compares
+    identity: dict = field(default_factory=dict)  # what resume compares (`_identity`, input.verify)
 
     @property
     def name(self) -> str:
@@ -120,8 +126,12 @@ def list_shards(input_spec, storage=None) -> list[Shard]:
     for name in sorted(found):
         info = found[name]
         rel = name[len(root) :].lstrip("/")
-        if info.get("type") != "file" or (not named and _hidden(rel)):
+        if not named and _hidden(rel):
             continue  # markers and dot-files (_SUCCESS, .DS_Store) beside the data
+        if info.get("islink"):
+            info = _followed(fs, name, rel, path)
+        if info.get("type") != "file":
+            continue  # folders (a listing names them under a glob)
         stem, fmt, compression = _split_name(rel)
         files.append((rel, info, stem, input_spec.format or fmt, compression))
     unknown = [rel for rel, _, _, fmt, _ in files if fmt is None]
@@ -134,10 +144,29 @@ def list_shards(input_spec, storage=None) -> list[Shard]:
     if not files:
         raise InputError(f"input.path: no input files match {path}")
     keys = _unique_keys([(rel, stem) for rel, _, stem, _, _ in files])
-    return [
+    shards = [
         Shard(i, with_protocol(info["name"], path), fmt, compression, key, _identity(info))
         for i, ((_, info, _, fmt, compression), key) in enumerate(zip(files, keys))
     ]
+    if getattr(input_spec, "verify", "metadata") == "checksum":
+        with ThreadPoolExecutor(PROBE_THREADS) as pool:
+            digests = list(pool.map(lambda s: _sha256(s, storage), shards))
+        shards = [replace(s, identity={"size": s.identity["size"], "sha256": d}) for s, d in zip(shards, digests)]
+    return shards
+
+
+def _followed(fs, name: str, rel: str, path: str) -> dict:
+    """A symbolic link in a local input: the file it points to is read under the link's name, with that
+    file's identity; a link to a folder or to nothing is refused, never skipped in silence."""
+    try:
+        target = os.stat(name)
+    except OSError as e:
+        raise InputError(f"input.path: {rel} in {path} is a symbolic link to {os.readlink(name)!r}, which cannot "
+                         f"be read ({e.strerror or e}); fix or remove the link") from None
+    if not stat.S_ISREG(target.st_mode):
+        raise InputError(f"input.path: {rel} in {path} is a symbolic link to a folder, which the job does not "
+                         "follow; give that folder as input.path, or copy its files in")
+    return {**fs.info(name), "name": name, "type": "file"}
 
 
 def _hidden(rel: str) -> bool:
@@ -162,12 +191,32 @@ def _unique_keys(names: list[tuple[str, str]]) -> list[str]:
 
 
 def _identity(info: dict) -> dict:
-    # An ETag changes with the content (S3); elsewhere size and modification time stand for it.
+    """What a rerun compares to tell that a shard's input is unchanged. An ETag changes with the content
+    (S3). A local file's size and modification time can be put back after an edit (`touch -r`); its
+    change time and inode cannot: any write, rename or restore of the file moves them. Elsewhere (another
+    fsspec store), size and modification time."""
     etag = info.get("ETag")
     if etag:
         return {"size": int(info["size"]), "etag": str(etag)}
+    if info.get("ino") is not None:  # a local file (a link's target)
+        st = os.stat(info["name"])
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
     mtime = info.get("mtime")
     return {"size": int(info["size"]), "mtime": None if mtime is None else float(mtime)}
+
+
+def _sha256(shard: Shard, storage) -> str:
+    """input.verify: checksum - the digest of the shard's bytes as stored (compressed ones too)."""
+    digest = hashlib.sha256()
+    fs = filesystem_for(shard.path, storage)
+    try:
+        with fs.open(strip_protocol(shard.path), "rb") as f:
+            while chunk := f.read(COUNT_CHUNK_BYTES):
+                digest.update(chunk)
+    except Exception as e:  # noqa: BLE001 - permission, a vanished file, any S3 error
+        raise InputError(f"input.verify: cannot read {shard.name} to checksum it "
+                         f"({storage_cause(e) or f'{type(e).__name__}: {e}'})") from None
+    return digest.hexdigest()
 
 
 def row_problem(row: dict, text_columns: list[str]) -> str | None:
@@ -218,10 +267,12 @@ def _parquet_file(f, shard: Shard) -> pq.ParquetFile:
 
 def _lines(shard: Shard, storage) -> Iterator[tuple[int, bytes]]:
     """(1-based physical line number, line) of the decompressed bytes, split on b"\\n" only: a raw
-    b"\\r" inside a line is not a break, so the reader sees exactly the lines the file holds."""
+    b"\\r" inside a line is not a break, so the reader sees exactly the lines the file holds. A UTF-8
+    byte order mark at the start of the file (Windows tools write one) is not part of line 1."""
     line_no = 0
     with _open(shard, storage) as f:
         tail = b""
+        start = True  # the first bytes are still to be checked for a BOM
         while True:
             try:
                 chunk = f.read(READ_CHUNK_BYTES)
@@ -231,12 +282,22 @@ def _lines(shard: Shard, storage) -> Iterator[tuple[int, bytes]]:
                 raise _unreadable(shard, f"{what} {where}", e) from e
             if not chunk:
                 break
+            if start:
+                head = tail + chunk
+                if len(head) < len(UTF8_BOM) and UTF8_BOM.startswith(head):
+                    tail = head  # a stream may hand out fewer bytes than asked: wait for three
+                    continue
+                tail, chunk, start = b"", _without_bom(head), False
             *complete, tail = (tail + chunk).split(b"\n")
             for line in complete:
                 line_no += 1
                 yield line_no, line
         if tail:
             yield line_no + 1, tail
+
+
+def _without_bom(data: bytes) -> bytes:
+    return data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
 
 
 def _parse(line: bytes) -> tuple[dict | None, str | None]:
@@ -280,8 +341,14 @@ def count_rows(shard: Shard, storage=None, patient: bool = True) -> int:
     with _open(shard, storage, patient) as f:
         if shard.format == "parquet":
             return _parquet_file(f, shard).metadata.num_rows
-        rows, tail = 0, b""
+        rows, tail, start = 0, b"", True
         while chunk := f.read(COUNT_CHUNK_BYTES):
+            if start:  # a BOM is not a line's content (as in `_lines`)
+                head = tail + chunk
+                if len(head) < len(UTF8_BOM) and UTF8_BOM.startswith(head):
+                    tail = head
+                    continue
+                tail, chunk, start = b"", _without_bom(head), False
             *lines, tail = (tail + chunk).split(b"\n")
             rows += sum(1 for line in lines if line.strip())
         return rows + (1 if tail.strip() else 0)
@@ -395,19 +462,28 @@ class ShardReader:
                     raise _unreadable(shard, f"corrupt or unreadable Parquet data after row {row0}", e) from e
                 if batch is None:
                     break
-                present = {u: batch.column(u).to_pylist() for u in set(self.columns.values()) if u in names}
+                # A foreign writer may store bytes that are not UTF-8 in a string column, and pyarrow
+                # reads them unchecked: such a value is null, and its row an error row, in this read.
+                checked = {u: _utf8_checked(batch.column(u)) for u in wanted}
+                present = {u: checked[u][0].to_pylist() for u in set(self.columns.values()) if u in names}
                 n = batch.num_rows
                 rows = [
                     {key: present[user][i] if user in present else None for key, user in self.columns.items()}
                     for i in range(n)
                 ]
+                bad = [(C.ID, self.id_column)] if has_id else []
+                bad += [*self.columns.items(), *self.carry.items()]
+                for key, user in bad:
+                    what = f"column {user!r}" if is_carry_key(key) else key
+                    for i, reason in checked.get(user, (None, {}))[1].items():
+                        rows[i].setdefault(C.ERROR, f"{what} is not valid UTF-8 ({reason})")
                 if missing:
                     # A file without the text column: every row becomes an error row, none is lost.
                     reason = f"column {missing[0]!r} not in {shard.name} (it has: {', '.join(sorted(names))})"
                     for r in rows:
                         r[C.ERROR] = reason
-                ids = batch.column(self.id_column) if has_id else False
-                carried = {key: batch.column(user) if user in names else pa.nulls(n)
+                ids = checked[self.id_column][0] if has_id else False
+                carried = {key: checked[user][0] if user in names else pa.nulls(n)
                            for key, user in self.carry.items()}
                 yield self._to_table(rows, shard, row0, ids, carried)
                 row0 += n
@@ -486,6 +562,28 @@ class ShardReader:
         return pa.table(data)
 
 
+def _utf8_checked(values: pa.Array) -> tuple[pa.Array, dict[int, str]]:
+    """A column of a Parquet batch, with each value that holds a string that is not valid UTF-8 (nested
+    ones too) made null, and per such row why (UnicodeDecodeError's reason). Valid columns, the rule,
+    cost one validation pass."""
+    try:
+        values.validate(full=True)
+        return values, {}
+    except pa.ArrowInvalid:
+        pass
+    bad = {}
+    for i in range(len(values)):
+        try:
+            values[i].as_py()
+        except UnicodeDecodeError as e:
+            bad[i] = e.reason
+    if not bad:  # invalid for another reason: as read, as before
+        return values, {}
+    mask = np.zeros(len(values), dtype=bool)
+    mask[list(bad)] = True
+    return pc.if_else(pa.array(mask), pa.nulls(len(values), values.type), values), bad
+
+
 def _fits(value: int, int_type: pa.DataType) -> bool:
     bits = int_type.bit_width
     if pa.types.is_signed_integer(int_type):
@@ -507,7 +605,7 @@ def _job_ids(values: list, id_type: pa.DataType | None) -> tuple[pa.Array, list[
         elif isinstance(v, bool) or not isinstance(v, (int, str)):
             problem = f"id {v!r} is a {type(v).__name__}; ids must be integers or strings"
         elif isinstance(v, str) and integer:
-            problem = f"id {v!r} is a string but this job's ids are integers (set by the first rows of the shards)"
+            problem = f"id {v!r} is a string but this job's ids are integers (every id was one when it started)"
         elif isinstance(v, int) and integer and not _fits(v, id_type):
             problem = f"id {v} does not fit in this job's id type ({id_type})"
         elif isinstance(v, int) and not integer:
@@ -540,15 +638,51 @@ def _shard_id_type(shard: Shard, id_column: str, storage) -> pa.DataType | None:
     return None
 
 
+def _jsonl_has_string_id(shard: Shard, id_column: str, storage) -> bool:
+    """Whether any id in a JSONL shard is a string. pyarrow's JSON reader, told that the ids are int64,
+    reads a shard whose ids are all integers (or null) fast, and fails the whole file on any other value
+    or any bad line; then the lines are parsed here, as the reader parses them, to decide. An unreadable
+    shard says no (the reader reports it)."""
+    import pyarrow.json as pj
+
+    options = pj.ParseOptions(explicit_schema=pa.schema([(id_column, pa.int64())]),
+                              unexpected_field_behavior="ignore")
+    try:
+        with _open(shard, storage) as f:
+            pj.read_json(f, read_options=pj.ReadOptions(block_size=JSON_BLOCK_BYTES), parse_options=options)
+        return False
+    except Exception:  # noqa: BLE001 - a string id, a float, a bad line, a long line, a failed read: look
+        pass
+    try:
+        for _, line in _lines(shard, storage):
+            if b'"' in line:  # no string without a quote
+                obj, _ = _parse(line)
+                if obj is not None and isinstance(obj.get(id_column), str):
+                    return True
+    except ShardUnreadable:
+        pass
+    return False
+
+
 def probe_id_type(shards: list[Shard], id_column: str, storage=None) -> pa.DataType:
-    """The job's id type, from every shard (Parquet: the footer schema; JSONL: the first non-null id).
-    Integers only if every shard's ids are integers (the Parquet type when all shards agree on it,
-    else int64); otherwise strings win, so that no string id is ever cast to a number."""
+    """The job's id type, from every id of every shard. Integers only if every shard's ids are integers
+    (the Parquet type when all shards agree on it, else int64); otherwise strings win, so that no string
+    id is ever cast to a number. Parquet: the footer schema says. JSONL: the first non-null id says,
+    and when every shard says integer, the JSONL shards are read to their end to confirm it (one
+    fast pass of pyarrow's JSON reader each; `_jsonl_has_string_id`)."""
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
-        votes = {t for t in pool.map(lambda s: _shard_id_type(s, id_column, storage), shards) if t is not None}
-    if votes and all(pa.types.is_integer(t) for t in votes):
-        return votes.pop() if len(votes) == 1 else pa.int64()
-    return pa.string()
+        found = list(pool.map(lambda s: _shard_id_type(s, id_column, storage), shards))
+        votes = {t for t in found if t is not None}
+        if not votes or not all(pa.types.is_integer(t) for t in votes):
+            return pa.string()
+        jsonl = [s for s, t in zip(shards, found) if t is not None and s.format == "jsonl"]
+        checks = [pool.submit(_jsonl_has_string_id, s, id_column, storage) for s in jsonl]
+        for done in as_completed(checks):
+            if done.result():
+                for check in checks:
+                    check.cancel()
+                return pa.string()
+    return votes.pop() if len(votes) == 1 else pa.int64()
 
 
 def reader_columns(spec) -> tuple[dict[str, str], tuple[str, ...]]:
