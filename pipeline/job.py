@@ -29,7 +29,7 @@ from pipeline.markers import (
 )
 from pipeline.meter import StageMeter
 from pipeline.models import weights_bytes
-from pipeline.output import STAGING_DIR, OutputDir, StorageFailed
+from pipeline.output import STAGING_DIR, SUCCESS, OutputDir, StorageFailed
 from pipeline.progress import Display, RowTotal, Snapshot
 from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import (
@@ -199,7 +199,8 @@ def _check_writable(output: OutputDir) -> None:
 def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
     """Attach to the cluster this process runs in, or start a local Ray. True when local.
     Quiet unless `verbose`: workers' own output stays in Ray's logs (/tmp/ray/session_latest/logs), and
-    Ray Data's start-up notices are off; the job's errors carry their causes anyway."""
+    Ray Data's start-up notices are off; the job's errors carry their causes anyway. JobFailed (one
+    sentence: what failed, what to try) when Ray does not start or its cluster cannot be reached."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -207,13 +208,45 @@ def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     if ray.is_initialized():
         return _is_local()
+    import socket
+
+    def cause(e: Exception) -> str:  # Ray's reason in a few words: its first sentence, at most 200 characters
+        return (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")[:200]
+
     address = _cluster_address(spec)
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
+        source = ("resources.ray_address" if spec.resources.ray_address else
+                  "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the address `ray start` left in /tmp/ray")
+        fix = ("start that cluster, or correct or unset resources.ray_address / RAY_ADDRESS (unset, the job starts "
+               "its own Ray here); `ray stop --force` clears an address left by a cluster that is gone")
+        # Ray retries an address where nothing listens for many minutes: one TCP connection first.
+        host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+        if host and port.isdigit():
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+            except OSError as e:
+                raise JobFailed(f"Ray did not start: nothing answers at the Ray cluster address {address} (from "
+                                f"{source}: {e.strerror or type(e).__name__}); {fix}") from None
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
+        except Exception as e:  # noqa: BLE001 - Ray raises RuntimeError, ConnectionError, ValueError, ...
+            raise JobFailed(f"Ray did not start: cannot join the Ray cluster at {address} (from {source}: "
+                            f"{cause(e)}); {fix}") from e
         return False
     # Local Ray: logical CPUs are a scheduling budget, not cores; torch threads are set per actor.
     cpus = max(os.cpu_count() or 1, int(cpus_needed + 1.5))
-    ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False, log_to_driver=verbose)
+    try:
+        ray.init(num_cpus=cpus, logging_level=logging.WARNING, include_dashboard=False, log_to_driver=verbose)
+    except Exception as e:  # noqa: BLE001 - "The current node timed out during startup", a full disk, ...
+        try:
+            ray.shutdown()  # whatever of it did start
+        except Exception:  # noqa: BLE001, S110
+            pass
+        raise JobFailed(
+            f"Ray did not start on this machine ({cause(e)}); run `ray stop --force` to end Ray processes an "
+            "earlier run left behind, check that /tmp/ray (or RAY_TMPDIR) has free disk space, or set RAY_ADDRESS "
+            "to a running Ray cluster, then rerun"
+        ) from e
     return True
 
 
@@ -343,7 +376,12 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
                 limit = None  # the limit holds the whole input: a full run
             shards = chosen
         fields = {**spec.result_fields(), "model.revision": facts["model"]["revision"]}
-        plan = plan_resume(output, shards, fields, recorded, listed=listed, fresh=fresh, limits=limits, retire=retire)
+        try:
+            plan = plan_resume(output, shards, fields, recorded, listed=listed, fresh=fresh, limits=limits,
+                               retire=retire)
+        except VanishedShards:
+            output.remove([SUCCESS])  # the output no longer is the input's results
+            raise
         return _run_leased(spec, shards, limit, limits, facts, output, fields, lease, plan, display, started,
                            verbose)
     except (JobFailed, SpecError, InputError, FingerprintMismatch, MarkerInvalid, VanishedShards):

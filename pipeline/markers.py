@@ -29,6 +29,7 @@ _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 # Counts a marker carries (pipeline.summary.totals adds them up).
 _COUNTS = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
            "documents_truncated", "largest_document_tokens")
+_OPTIONAL_COUNTS = ("duplicate_ids",)  # not in markers of earlier versions
 
 
 class FingerprintMismatch(ValueError):
@@ -77,6 +78,7 @@ def _check_marker(rel: str, key: str, marker) -> dict:
             or not isinstance(marker.get("fingerprint"), str):
         raise MarkerInvalid(f"{where} lacks the shard, identity or fingerprint a marker holds")
     bad = [c for c in _COUNTS if type(marker.get(c)) is not int or marker[c] < 0]
+    bad += [c for c in _OPTIONAL_COUNTS if c in marker and (type(marker[c]) is not int or marker[c] < 0)]
     if bad:
         raise MarkerInvalid(f"{where} has no count {bad[0]!r} (a whole number)")
     for name in ("files", "error_files"):

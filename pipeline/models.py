@@ -345,12 +345,12 @@ def check_architecture(config, head_name: str, allow_random_head: bool) -> None:
         if arch.endswith(suffix)
     ]
     if not trained or any(head == head_name for _, head in trained):
-        return  # a base model (or none listed) is left to load_model's missing-weights check
+        return  # a base model is left to load_model's missing-weights check, none listed to check_model
     arch, head = trained[0]
     reason = f"this checkpoint was trained as {arch} (a {head} model), not for {head_name}"
     if allow_random_head:
         log.warning(
-            "model.path: %s, so its %s head is untrained (random, or weights trained for %s); "
+            "warning: model.path: %s, so its %s head is untrained (random, or weights trained for %s); "
             "running anyway because model.allow_random_head is true",
             reason, head_name, head,
         )
@@ -386,10 +386,62 @@ def check_model(model_dir: str, head, model_spec) -> None:
     """The driver's check, before any work, that the model actors will load the head's weights
     (ModelError if not). When the files alone tell (`_saved_by_head_class`), nothing is loaded: the
     driver would spend seconds of CPU on a model it never runs. Otherwise the full load says precisely
-    what is wrong. The actors load with the same check either way."""
+    what is wrong. The actors load with the same check either way.
+
+    A checkpoint whose config.json names no architecture is refused whatever its weights: another
+    head's checkpoint loads into this head without a missing key (a sequence classifier's `classifier`
+    fits a token classifier) and would label tokens `neg`/`pos`. With model.allow_random_head it runs,
+    and the driver logs one warning line when (and why) the head's predictions may be random."""
+    unproven = _unproven_head(model_dir, head)
+    if unproven and not model_spec.allow_random_head:
+        raise ModelError(f"model.path: {unproven}")
     if not model_spec.trust_remote_code and _saved_by_head_class(model_dir, head):
         return
-    load_model(model_dir, head, model_spec, device="cpu")
+    if not model_spec.allow_random_head:
+        load_model(model_dir, head, model_spec, device="cpu")
+        return
+    _, missing = _load(model_dir, head, model_spec, device="cpu")
+    if _trained_for_another_head(head.config, head.name):
+        return  # load_head's check_architecture has said so, in one warning line
+    why = [w for w in (unproven and "its config.json names no architectures",
+                       missing and f"it has no weights for the head (missing {_shown(missing)})") if w]
+    if why:
+        log.warning("warning: model.path: %s, so the %s head's predictions are random (or another head's); running "
+                    "anyway because model.allow_random_head is true", " and ".join(why), head.name)
+
+
+def _unproven_head(model_dir: str, head) -> str | None:
+    """Why the checkpoint cannot show that it holds this head's weights (its config.json lists no
+    architectures), with the fix; None when it can, or when the head has no weights of its own."""
+    config = head.config
+    if head.name == "embedding" or list(getattr(config, "architectures", None) or []):
+        return None
+    wanted = _head_class(head) or f"the class it was saved from, e.g. Bert{head.auto_class.removeprefix('AutoModel')}"
+    return (
+        f"{model_dir}/config.json lists no \"architectures\", so nothing shows that the checkpoint holds trained "
+        f"weights for the {head.name} head (another head's would load into it and predict the wrong labels); "
+        f"if it was trained as {wanted}, add \"architectures\": [\"{wanted}\"] to its config.json, or set "
+        "model.allow_random_head: true to run it anyway"
+    )
+
+
+def _head_class(head) -> str | None:
+    """The transformers class the head loads for this model type (e.g. BertForTokenClassification)."""
+    import transformers
+
+    try:
+        mapping = getattr(transformers, head.auto_class)._model_mapping._model_mapping  # model type -> class name
+        return mapping.get(head.config.model_type)
+    except AttributeError:  # another transformers
+        return None
+
+
+def _trained_for_another_head(config, head_name: str) -> bool:
+    if head_name == "embedding":
+        return False
+    trained = {head for arch in getattr(config, "architectures", None) or []
+               for suffix, head in _HEAD_OF_SUFFIX.items() if arch.endswith(suffix)}
+    return bool(trained) and head_name not in trained
 
 
 def _saved_by_head_class(model_dir: str, head) -> bool:
@@ -397,14 +449,8 @@ def _saved_by_head_class(model_dir: str, head) -> bool:
     transformers' Auto mapping gives) and its safetensors files are whole. `save_pretrained` writes
     every weight of its class, so such a checkpoint holds the head's. False for anything else: a bare
     encoder, another head's checkpoint, pickle weights, a file cut short."""
-    import transformers
-
     config = head.config
-    try:
-        mapping = getattr(transformers, head.auto_class)._model_mapping._model_mapping  # model type -> class name
-        wanted = mapping.get(config.model_type)
-    except AttributeError:  # another transformers: let the load decide
-        return False
+    wanted = _head_class(head)  # None with another transformers: let the load decide
     if not wanted or list(getattr(config, "architectures", None) or []) != [wanted]:
         return False
     folder = Path(model_dir)
@@ -444,6 +490,22 @@ def _safetensors_whole(path: Path) -> bool:
 
 def load_model(model_dir: str, head, model_spec, device: str = "cpu", dtype=None, check_head: bool = True):
     """Load the head's AutoModel class; refuse a checkpoint whose head weights would be random."""
+    model, missing = _load(model_dir, head, model_spec, device, dtype)
+    if check_head and not model_spec.allow_random_head and missing:
+        raise ModelError(
+            f"model.path: {model_dir} has no trained weights for the {head.name} head (missing {_shown(missing)}); "
+            "they would be random. Use a checkpoint fine-tuned for this head, or set "
+            "model.allow_random_head: true to run anyway"
+        )
+    return model
+
+
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
+
+
+def _load(model_dir: str, head, model_spec, device: str = "cpu", dtype=None):
+    """(the model in eval mode on `device`, the head's parameters missing from the checkpoint)."""
     import transformers
     from safetensors import SafetensorError
     from transformers.utils import logging as hf_logging
@@ -477,16 +539,8 @@ def load_model(model_dir: str, head, model_spec, device: str = "cpu", dtype=None
         raise ModelError(f"model.path: {model_dir} cannot be loaded as {head.auto_class} ({str(e).splitlines()[0]})") from None
     finally:
         tlog.setLevel(level)
-    if check_head and not model_spec.allow_random_head:
-        missing = sorted(
-            k for k in info.get("missing_keys", ()) if any(k.startswith(p) for p in head.head_parameter_prefixes())
-        )
-        if missing:
-            shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
-            raise ModelError(
-                f"model.path: {model_dir} has no trained weights for the {head.name} head (missing {shown}); "
-                "they would be random. Use a checkpoint fine-tuned for this head, or set "
-                "model.allow_random_head: true to run anyway"
-            )
+    missing = sorted(
+        k for k in info.get("missing_keys", ()) if any(k.startswith(p) for p in head.head_parameter_prefixes())
+    )
     model.eval()
-    return model.to(device)
+    return model.to(device), missing

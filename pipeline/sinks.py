@@ -69,7 +69,8 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
         return _write_marker(output, key, {**marker, "rows": 0, "rows_written": 0, "rows_errored": 0,
                                            "output_rows": 0, "tokens": 0, "padded_token_slots": 0, "windows": 0,
                                            "documents_truncated": 0, "largest_document_tokens": 0,
-                                           "top_errors": {}, "files": [], "error_files": [], **empty_stats()})
+                                           "duplicate_ids": 0, "top_errors": {}, "files": [], "error_files": [],
+                                           **empty_stats()})
     order = pc.sort_indices(table, sort_keys=[(C.ROW, "ascending")])  # stable: tokens stay in order
     table = table.take(order)
     is_error = pc.is_valid(table.column(C.ERROR))
@@ -102,6 +103,7 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
         "windows": int(pc.sum(good.column(N_WINDOWS)).as_py() or 0),
         "documents_truncated": int(pc.sum(pc.cast(good.column(C.TRUNCATED), pa.int64())).as_py() or 0),
         "largest_document_tokens": int(pc.max(tokens).as_py() or 0) if good.num_rows else 0,
+        "duplicate_ids": duplicate_ids(table),
         "top_errors": top_reasons(bad.column(C.ERROR).to_pylist()),
         **shard_stats(good),
         "files": list(files),
@@ -111,6 +113,17 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
         raise ShardIncomplete(f"{key}: {marker['rows_written']} written + {marker['rows_errored']} errored "
                               f"!= {rows_read} read")
     return _write_marker(output, key, marker)
+
+
+def duplicate_ids(table: pa.Table) -> int:
+    """Input rows (documents: per-token output gives a document several rows, all with its `_row`) whose
+    id is not null and was the id of an earlier row of the shard, result and error rows together.
+    `table` is sorted by `_row`. Ids are compared in the job's id type: 7 and "7" are one string id."""
+    rows = table.column(C.ROW).to_numpy()
+    first = np.ones(rows.size, dtype=bool)  # each document's first output row
+    first[1:] = rows[1:] != rows[:-1]
+    ids = table.column(C.ID).filter(pa.array(first))
+    return int(ids.length() - ids.null_count - pc.count_distinct(ids, mode="only_valid").as_py())
 
 
 def _write_marker(output: OutputDir, key: str, marker: dict) -> dict:

@@ -287,17 +287,13 @@ def _lines(shard: Shard, storage) -> Iterator[tuple[int, bytes]]:
                 if len(head) < len(UTF8_BOM) and UTF8_BOM.startswith(head):
                     tail = head  # a stream may hand out fewer bytes than asked: wait for three
                     continue
-                tail, chunk, start = b"", _without_bom(head), False
+                tail, chunk, start = b"", head.removeprefix(UTF8_BOM), False
             *complete, tail = (tail + chunk).split(b"\n")
             for line in complete:
                 line_no += 1
                 yield line_no, line
         if tail:
             yield line_no + 1, tail
-
-
-def _without_bom(data: bytes) -> bytes:
-    return data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
 
 
 def _parse(line: bytes) -> tuple[dict | None, str | None]:
@@ -348,7 +344,7 @@ def count_rows(shard: Shard, storage=None, patient: bool = True) -> int:
                 if len(head) < len(UTF8_BOM) and UTF8_BOM.startswith(head):
                     tail = head
                     continue
-                tail, chunk, start = b"", _without_bom(head), False
+                tail, chunk, start = b"", head.removeprefix(UTF8_BOM), False
             *lines, tail = (tail + chunk).split(b"\n")
             rows += sum(1 for line in lines if line.strip())
         return rows + (1 if tail.strip() else 0)

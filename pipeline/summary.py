@@ -19,6 +19,7 @@ def totals(markers: list[dict]) -> dict:
     t = {k: sum(m[k] for m in markers) for k in _SUMMED}
     t["rows_read"] = t.pop("rows")
     t["largest_document_tokens"] = max((m["largest_document_tokens"] for m in markers), default=0)
+    t["duplicate_ids"] = sum(m.get("duplicate_ids", 0) for m in markers)  # markers before the count: none
     reasons: Counter = Counter()
     for m in markers:
         reasons.update(m.get("top_errors", {}))
@@ -50,6 +51,8 @@ def build_summary(t: dict, *, run: dict, wall: float, tokens_this_run: int, meas
         "rows_read": t["rows_read"],
         "rows_written": t["rows_written"],
         "rows_errored": t["rows_errored"],
+        # Rows whose id an earlier row of the same shard had (each kept as a row: ids are not deduplicated).
+        "duplicate_ids": t.get("duplicate_ids", 0),
         "output_rows": t["output_rows"],
         "tokens": t["tokens"],
         "padded_token_slots": t["padded_token_slots"],

@@ -279,23 +279,20 @@ def test_strings_win_across_shards_and_no_string_becomes_a_number(tmp_path):
     assert strings.column(C.ERROR).to_pylist() == ["id is null", None, None]
 
 
-def test_integer_jobs_take_the_parquet_type_when_shards_agree_and_refuse_string_ids(tmp_path):
+def test_integer_jobs_take_the_parquet_type_when_shards_agree_and_a_later_string_id_makes_strings(tmp_path):
     pq.write_table(pa.table({"id": pa.array([1], pa.int32()), "body": ["a"]}), tmp_path / "1.parquet")
     pq.write_table(pa.table({"id": pa.array([2], pa.int32()), "body": ["b"]}), tmp_path / "2.parquet")
     assert probe_id_type(_shards(tmp_path), "id") == pa.int32()
 
-    # A JSONL shard whose first id is an integer makes the job int64; its later string ids are errors.
+    # A JSONL shard whose first id is an integer and later ones strings: the job's ids are strings, and
+    # "007" stays "007" (never cast to 7).
     _jsonl(tmp_path / "3.jsonl", [{"id": 3, "body": "c"}, {"id": "007", "body": "d"}, {"id": "7", "body": "e"}])
     shards = _shards(tmp_path)
     id_type = probe_id_type(shards, "id")
-    assert id_type == pa.int64()
+    assert id_type == pa.string()
     table = _read(ShardReader(COLUMNS, "id", id_type=id_type), shards[2])
-    assert table.column(C.ID).to_pylist() == [3, None, None]
-    assert table.column(C.ERROR).to_pylist() == [
-        None,
-        "id '007' is a string but this job's ids are integers (set by the first rows of the shards)",
-        "id '7' is a string but this job's ids are integers (set by the first rows of the shards)",
-    ]
+    assert table.column(C.ID).to_pylist() == ["3", "007", "7"]
+    assert table.column(C.ERROR).to_pylist() == [None, None, None]
 
 
 def test_made_up_ids_make_the_job_a_string_job(tmp_path):
