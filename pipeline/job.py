@@ -211,6 +211,8 @@ def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
     import socket
 
     def cause(e: Exception) -> str:  # Ray's reason in a few words: its first sentence, at most 200 characters
+        if isinstance(e, OSError) and e.strerror:
+            return f"{e.strerror}: {e.filename}"[:200] if e.filename else e.strerror
         return (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")[:200]
 
     address = _cluster_address(spec)

@@ -416,12 +416,14 @@ def _unproven_head(model_dir: str, head) -> str | None:
     config = head.config
     if head.name == "embedding" or list(getattr(config, "architectures", None) or []):
         return None
-    wanted = _head_class(head) or f"the class it was saved from, e.g. Bert{head.auto_class.removeprefix('AutoModel')}"
+    wanted = _head_class(head)
+    fix = (f"if it was trained as {wanted}, add \"architectures\": [\"{wanted}\"] to its config.json" if wanted else
+           "add \"architectures\": [the class it was saved from, e.g. "
+           f"\"Bert{head.auto_class.removeprefix('AutoModel')}\"] to its config.json")
     return (
         f"{model_dir}/config.json lists no \"architectures\", so nothing shows that the checkpoint holds trained "
         f"weights for the {head.name} head (another head's would load into it and predict the wrong labels); "
-        f"if it was trained as {wanted}, add \"architectures\": [\"{wanted}\"] to its config.json, or set "
-        "model.allow_random_head: true to run it anyway"
+        f"{fix}, or set model.allow_random_head: true to run it anyway"
     )
 
 

@@ -95,7 +95,8 @@ class ModelSpec(_Strict):
     )
     allow_random_head: bool = Field(
         False,
-        description="Run even when the checkpoint has no weights for the requested head (they would be random). "
+        description="Run even when the checkpoint has no weights for the requested head, or cannot show it has them "
+        "(its config.json lists no `architectures`); the predictions are then random and one warning line says so. "
         "Off by default: such a checkpoint is refused before any work starts.",
     )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code shipped with the checkpoint.")
