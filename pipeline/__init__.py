@@ -13,9 +13,9 @@ __all__ = ["__version__", "apply"]
 def __getattr__(name: str):
     # `pipeline.apply` is imported on first use: every Ray worker of a job imports this package,
     # and the job's small bookkeeping actors (pipeline/ledger.py, pipeline/meter.py) need none of
-    # what compose.py loads (the spec's pydantic models, pyarrow).
+    # what api.py loads (the spec's pydantic models, pyarrow).
     if name == "apply":
-        from pipeline.compose import apply
+        from pipeline.api import apply
 
         return apply
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """CLI: `bert-batch run SPEC.yaml` (or `python -m pipeline run ...`), `validate`, `plan`, `spec-reference`.
 
 Exit codes: 0 complete; 1 the job did not finish (some shards not done: a rerun resumes them);
-2 a bad spec, input or model found before any work.
+2 a bad spec, input, output or model found before any work. Errors are mapped by class
+(`pipeline.errors`: each carries its exit code). On exit 0 and 1 stdout carries a JSON; on 2, nothing.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ examples:
 exit codes:
   0  complete: every shard done, _SUMMARY.json and _SUCCESS written (a --limit run: its rows done)
   1  not finished: a shard could not be read or written, too many error rows, storage failed, or
-     another run holds the output; rerun the same command to resume
-  2  a bad spec, input, output or model, found before any work
+     another run holds the output; rerun the same command to resume. stdout still carries a JSON:
+     the run's summary with its status, or {"status": "failed", "error": the sentence}
+  2  a bad spec, input, output or model, found before any work (nothing on stdout)
   validate: 0 ready to run; 1 another run holds the output now (its lease is live: run would stop the
      same way); 2 as above, an output whose _LEASE.json is not a lease this job wrote included
   plan: 0 the plan is printed (whatever limit comes first); 2 a bad spec, summary or argument
@@ -256,42 +258,48 @@ def _plan(args) -> int:
 def _command(args, verbose: bool) -> tuple[int, str | None, str | None]:
     """(exit code, what goes to stdout, the error line for stderr). The error is returned, not printed:
     the caller prints it after Ray has stopped and the output pump is drained, as the last line."""
-    from pipeline.job import JobFailed, run, validate
-    from pipeline.lease import RunActive
-    from pipeline.markers import FingerprintMismatch, MarkerInvalid, VanishedShards
-    from pipeline.models import ModelError
-    from pipeline.sources import InputError
-    from pipeline.spec import SpecError, load_spec
+    from pipeline.errors import JobError, JobFailed
+    from pipeline.job import run
+    from pipeline.preflight import validate
+    from pipeline.spec import load_spec
 
     ray_was_up = _ray_up()
     try:
         spec = load_spec(args.spec, args.overrides)
         if args.command == "validate":
-            facts = validate(spec)
+            checked, head = validate(spec)
             # What `run` would stop at: another run's live lease (exit 1, as run), or a lease file that is
             # not one (exit 2).
             _check_lease(spec)
-            return 0, (f"ok: {spec.model.head} on {facts['model_dir']}, {len(facts['shards'])} input shard(s), "
+            return 0, (f"ok: {spec.model.head} on {head.model_dir}, {len(checked.shards)} input shard(s), "
                        f"output to {spec.output.path}"), None
         summary = run(spec, fresh=args.fresh, limit=args.limit, verbose=verbose, retire=args.retire)
         return 0, _readable_json(summary), None
-    except (SpecError, InputError, ModelError, FingerprintMismatch, MarkerInvalid, VanishedShards) as e:
-        return 2, None, f"error: {e}"
-    except (JobFailed, RunActive) as e:
+    except JobError as e:  # mapped by class: 2 for a spec, input, output or model problem, 1 otherwise
+        if e.exit_code != 1:
+            return e.exit_code, None, f"error: {e}"
         if args.debug:
             raise
-        return 1, None, f"error: {e}"
+        if isinstance(e, JobFailed) and e.summary is not None:
+            return 1, _readable_json(e.summary), f"error: {e}"  # the run's progress record
+        return _failed(str(e))
     except KeyboardInterrupt:
-        return 1, None, "interrupted: finished shards are kept; rerun the same command to resume"
+        return _failed("interrupted: finished shards are kept; rerun the same command to resume", line="")
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and how to see more
         if args.debug:
             raise
-        return 1, None, f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+        return _failed(f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
     finally:
         if _ray_up() and not ray_was_up:
             # Stop the Ray this command started (or detach from the cluster) while stdout still goes
             # to stderr: its shutdown messages must not follow the summary.
             _stop_ray()
+
+
+def _failed(sentence: str, line: str = "error: ") -> tuple[int, str, str]:
+    """Exit 1 without the run's progress record: stdout still carries a JSON (for `| jq`), stderr the
+    sentence as the last line."""
+    return 1, _readable_json({"status": "failed", "error": sentence}), line + sentence
 
 
 def _check_lease(spec) -> None:

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 
+from pipeline.errors import JobError
 from pipeline.output import LEASE, OutputDir, StorageFailed
 from pipeline.sources import InputError
 
@@ -30,7 +31,7 @@ MAX_LEASE_TIMEOUT = 600.0  # a lease file's own timeout_seconds is trusted up to
 SETTLE_SECONDS = 0.5  # time for a concurrent writer's lease to become visible before we check
 
 
-class RunActive(RuntimeError):
+class RunActive(JobError):
     """Another run holds the output path."""
 
 

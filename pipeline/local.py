@@ -7,8 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import columns as C
-from pipeline.job import reader_columns
-from pipeline.sources import Shard, ShardReader
+from pipeline.sources import Shard, ShardReader, reader_columns
 
 
 class LocalRunner:
@@ -31,7 +30,7 @@ class LocalRunner:
         internal = [{key: r.get(user) for key, user in self.columns.items()} | {C.ID: r.get(self.spec.input.id_column)}
                     for r in rows]
         has_id = any(self.spec.input.id_column in r for r in rows)
-        return reader._to_table(internal, Shard(0, "memory", "jsonl"), 0, None if has_id else False)
+        return reader.to_table(internal, Shard(0, "memory", "jsonl"), 0, None if has_id else False)
 
     def run(self, rows: list[dict]) -> tuple[pa.Table, pa.Table]:
         out = self.postprocess(self.predict(self.tokenize(self.prepare(rows))))

@@ -19,6 +19,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 
+from pipeline.errors import UserError
 from pipeline.output import (
     ERRORS_DIR, MARKERS_DIR, PROGRESS, REPORT, SUCCESS, SUMMARY, OutputDir, marker_file, pending_file,
 )
@@ -32,16 +33,16 @@ _COUNTS = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "pad
 _OPTIONAL_COUNTS = ("duplicate_ids",)  # not in markers of earlier versions
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(UserError):
     """The output holds shards made with other result-changing settings."""
 
 
-class MarkerInvalid(ValueError):
+class MarkerInvalid(UserError):
     """A file under _shards/ that the job did not write as it is: unreadable, or naming files that are
     not its shard's own."""
 
 
-class VanishedShards(ValueError):
+class VanishedShards(UserError):
     """The output holds results of shards that are no longer in the input."""
 
 

@@ -22,11 +22,8 @@ import warnings
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from pipeline.errors import ModelError  # defined there: heads and windows raise it without importing this module
 from pipeline.storage import filesystem_for, storage_cause, strip_protocol
-
-
-class ModelError(ValueError):
-    """A checkpoint that cannot serve the requested head; the message says what to do."""
 
 
 CACHE_ROOT = Path(os.environ.get("PIPELINE_MODEL_CACHE", Path.home() / ".cache" / "bert-batch-pipeline" / "models"))

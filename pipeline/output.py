@@ -1,4 +1,5 @@
-"""The output folder: the names of what the job writes there, and whole-file reads and writes.
+"""The output folder: the names of what the job writes there, whole-file reads and writes, and every
+storage error (and a Ray worker's error, decoded) turned into one line.
 
     output.path/
       <shard>-00000.parquet ...        results of input shard <shard> (pipeline.sources.Shard.key)
@@ -222,3 +223,48 @@ class OutputDir:
     def _rel(self, path: str) -> str:
         path = strip_protocol(path)
         return path[len(self.root) :].lstrip("/") if path.startswith(self.root) else path
+
+
+# -- Ray's errors, decoded: what went wrong in a worker, in one line ---------------------------------
+
+# The line of a worker's traceback that names an exception: `module.Class: message`.
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$")
+_STORAGE_FAILED = "pipeline.output.StorageFailed"
+
+
+def worker_exception_lines(e: BaseException) -> list[tuple[str, str]]:
+    """(class, message) of each exception named in a RayTaskError's text. Ray re-raises a worker's
+    error as a RayTaskError whose text holds the worker's traceback; the wrapped exception objects lose
+    their own chain on the way, so that text is where the cause is."""
+    from ray.exceptions import RayTaskError
+
+    seen: BaseException | None = e
+    while seen is not None and not isinstance(seen, RayTaskError):
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    if seen is None:
+        return []
+    lines = [line.strip() for line in str(seen).splitlines()]
+    return [m.groups() for m in map(_EXCEPTION_LINE.match, lines) if m and not m.group(1).startswith("ray::")]
+
+
+def storage_failed(e: BaseException) -> bool:
+    chain = [e, getattr(e, "cause", None), e.__cause__]
+    return any(isinstance(x, StorageFailed) for x in chain) or any(
+        name == _STORAGE_FAILED for name, _ in worker_exception_lines(e))
+
+
+def root_cause(e: BaseException) -> str:
+    """What went wrong, in one line: our own StorageFailed says it all in its message; otherwise the
+    first exception a worker's traceback names (the deepest cause: chained tracebacks print it first)."""
+    for x in (e, getattr(e, "cause", None), e.__cause__):
+        if isinstance(x, StorageFailed):
+            return str(x)
+    named = worker_exception_lines(e)
+    for name, message in named:
+        if name == _STORAGE_FAILED:
+            return message
+    if named:
+        name, message = named[0]
+        return f"{name.rsplit('.', 1)[-1]}: {message}"
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"

@@ -23,8 +23,9 @@ import math
 import os
 from dataclasses import dataclass
 
+from pipeline.errors import UserError
 from pipeline.heads import head_entry
-from pipeline.job import finalize_in_flight
+from pipeline.placement import finalize_in_flight
 from pipeline.meter import STAGES, TOKEN_STAGES
 from pipeline.output import SUMMARY, OutputDir, StorageFailed
 from pipeline.spec import pool_bounds
@@ -44,7 +45,7 @@ DEFAULT_MODEL_RATE_GPU = 1_000_000
 DEFAULT_TOKENS_PER_DOCUMENT = 82  # the demo NER job's
 DEFAULT_DOCUMENTS_PER_SHARD = 100_000
 
-# The driver reads one small stats batch per written part (pipeline.job._process): an iter_batches
+# The driver reads one small stats batch per written part (pipeline.job._stream): an iter_batches
 # step (0.56 ms) and a ReadLedger round trip (0.76 ms), measured with Ray 2.60 on the 2-core
 # development machine; 2 ms leaves room for ray.wait and the bookkeeping.
 DRIVER_SECONDS_PER_BATCH = 0.002
@@ -72,7 +73,7 @@ S3_READS_PER_SECOND = 5_500
 S3_READ_BLOCK_BYTES = 50 * 2**20  # s3fs's block: one GET per block of an input file
 
 
-class PlanError(ValueError):
+class PlanError(UserError):
     """Plan inputs that cannot be used; the message names them and what to do."""
 
 
@@ -175,7 +176,7 @@ def plan(spec, tokens: float, hours: float, rates: Rates, *, config: dict | None
         stages[stage] = {"tokens_per_second": round(rate, 1), "source": source, "workers": max(1, math.ceil(busy)),
                          "cores": round(busy, 2)}
     model_actors = stages["predict"]["workers"]
-    model_cpus = model_actors * (res.cpus_per_actor or 1)  # a cluster's default: pipeline.job._with_model_cpus
+    model_cpus = model_actors * (res.cpus_per_actor or 1)  # a cluster's default: pipeline.placement.size_pools
     cpu_stage_cores = sum(s["cores"] for name, s in stages.items() if name != "predict")
     del stages["predict"]["cores"]  # the model actors' cores are model_cpus
     cores = math.ceil(cpu_stage_cores + model_cpus + 1)  # + 1: the driver

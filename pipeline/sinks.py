@@ -7,6 +7,9 @@ has arrived, `finalize_shard` reads the parts, keeps each input row once (a row 
 after a retry that cut batches differently, is taken from the first), checks that rows 0..n-1 are
 all there, and writes the shard's final files in input order, deterministically named, then its
 marker. The counts in the marker come from those files, not from what tasks reported.
+
+`ShardCompletion` is the driver's side: it knows when a shard's rows are all in and hands the shard
+to `finalize_shard`, a few at a time.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import hashlib
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import columns as C
-from pipeline.output import ERRORS_DIR, STAGING_DIR, OutputDir, marker_file, pending_file, result_file
+from pipeline.output import ERRORS_DIR, STAGING_DIR, OutputDir, marker_file, pending_file, result_file, root_cause
+from pipeline.progress import Snapshot
 from pipeline.stats import empty_stats, shard_stats
 
 # Per-document statistics the postprocess stage puts on the first output row of each document.
@@ -163,3 +168,115 @@ _LINE_PREFIX = re.compile(r"^line \d+: ")
 def top_reasons(errors: list[str], n: int = 5) -> dict[str, int]:
     """The most common error reasons, with the line number that makes each unique taken off."""
     return dict(Counter(_LINE_PREFIX.sub("", e) for e in errors).most_common(n))
+
+
+@dataclass(frozen=True)
+class Finalizing:
+    """What every shard's finalisation in a run needs besides the shard: where and how its files are
+    written, and what each marker carries (fingerprint, spec fields, run id)."""
+
+    output: OutputDir
+    rows_per_file: int
+    compression: str
+    file_metadata: dict[str, str]
+    marker: dict
+    limits: dict[str, int] = field(default_factory=dict)  # shard key -> rows read by a limited run
+
+
+class ShardCompletion:
+    """The driver's bookkeeping of shards in flight: the rows that arrived as parts, the rows each
+    reader found (from the ledger, pipeline/ledger.py), and the finalisations running. A shard whose
+    parts hold all its rows is handed to `finalize` (`finalize_shard` as a Ray task); its marker lands
+    in `markers`, and a shard that cannot be finished gets its reason in `failed`. At most
+    `max_in_flight` shards are finalised at once (pipeline.placement)."""
+
+    def __init__(self, todo: list, done: dict[str, dict], finalizing: Finalizing, ledger, finalize,
+                 max_in_flight: int):
+        self.finalizing = finalizing
+        self.markers = dict(done)  # shard key -> marker: the earlier runs' and this run's
+        self.failed: dict[str, str] = {}  # shard key -> why it is not done
+        self.ledger, self.finalize = ledger, finalize
+        self.by_index = {s.index: s for s in todo}
+        self.shards_total = len(todo) + len(done)
+        self.max_in_flight = max_in_flight
+        self.arrived = {s.index: 0 for s in todo}  # documents written as parts, per shard
+        self.todo = todo
+        self.rows_read: dict[int, int] = {}
+        self.in_flight: dict = {}  # finalize task -> shard index
+        self.tried_at: dict[int, int] = {}  # shard index -> rows arrived when last handed to finalisation
+        self.errored = self.tokens = 0
+
+    def add(self, stats: pa.Table) -> None:
+        """One writer task's counts (PROGRESS_COLUMNS)."""
+        for shard, docs, errs, toks in zip(*(stats.column(c).to_pylist() for c in stats.column_names)):
+            self.arrived[shard] += docs
+            self.errored += errs
+            self.tokens += toks
+
+    def step(self, final: bool) -> None:
+        """Hand complete shards to finalisation; collect the finished ones. `final`: every part is
+        written (the stream ended), so try every shard and wait for the finalisations."""
+        import ray
+
+        got_rows, got_failed = ray.get(self.ledger.snapshot.remote())
+        self.rows_read.update(got_rows)
+        for index, reason in got_failed.items():
+            self.failed.setdefault(self.by_index[index].key, reason)
+        for index, n in self.rows_read.items():
+            if len(self.in_flight) >= self.max_in_flight:
+                break
+            if self._settled(index) or index in self.in_flight.values():
+                continue
+            if not final and (self.arrived[index] < n or self.tried_at.get(index) == self.arrived[index]):
+                continue  # not all rows yet, or tried with these rows already: wait for more
+            self.tried_at[index] = self.arrived[index]
+            self.in_flight[self._submit(self.by_index[index], n)] = index
+        if self.in_flight:
+            ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=None if final else 0)
+            for ref in ready:
+                self._collect(ref, final)
+
+    def finish(self) -> None:
+        """After the stream: finalise every shard that can be, and name the ones that cannot."""
+        self.step(final=True)  # also when no batch came back at all (only empty or unreadable shards)
+        while self.in_flight or any(not self._settled(i) for i in self.rows_read):
+            self.step(final=True)
+        for s in self.todo:  # a shard whose reader never reported (a bug of ours): not done
+            if not self._settled(s.index):
+                self.failed[s.key] = f"{s.name}: the reader did not report its row count"
+
+    def drain(self) -> None:
+        """Wait for the shards already being finalised, so their markers count for the rerun."""
+        for ref in list(self.in_flight):
+            self._collect(ref, final=False)
+
+    def snapshot(self) -> Snapshot:
+        """For the progress display (read from its thread; plain ints, so no lock)."""
+        return Snapshot(rows_done=sum(self.arrived.values()), rows_errored=self.errored, tokens=self.tokens,
+                        shards_done=len(self.markers), shards_total=self.shards_total,
+                        shards_failed=len(self.failed))
+
+    def _settled(self, index: int) -> bool:
+        key = self.by_index[index].key
+        return key in self.markers or key in self.failed
+
+    def _submit(self, shard, rows: int):
+        f = self.finalizing
+        marker = {**f.marker, "shard": shard.path, "identity": shard.identity}
+        if shard.key in f.limits:
+            marker["limit"] = f.limits[shard.key]
+        return self.finalize.remote(f.output, shard.key, rows, f.rows_per_file,
+                                    {**f.file_metadata, "bert_batch.shard": shard.path}, marker,
+                                    compression=f.compression)
+
+    def _collect(self, ref, final: bool) -> None:
+        import ray
+
+        shard = self.by_index[self.in_flight.pop(ref)]
+        try:
+            self.markers[shard.key] = ray.get(ref)
+        except ShardIncomplete as e:
+            if final:  # otherwise more rows may still come
+                self.failed[shard.key] = f"{shard.name}: {e}"
+        except Exception as e:  # noqa: BLE001 - storage failing while writing: the shard is not done
+            self.failed[shard.key] = f"{shard.name}: cannot write its results ({root_cause(e)})"

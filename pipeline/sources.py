@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import columns as C
+from pipeline.errors import UserError
 from pipeline.storage import filesystem_for, storage_cause, strip_protocol, with_protocol
 
 READ_BATCH_ROWS = 4096
@@ -59,7 +60,7 @@ class Piece:
     row0: int = 0
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """The input cannot be read at all; the message names the path and what to do."""
 
 
@@ -481,7 +482,7 @@ class ShardReader:
                 ids = checked[self.id_column][0] if has_id else False
                 carried = {key: checked[user][0] if user in names else pa.nulls(n)
                            for key, user in self.carry.items()}
-                yield self._to_table(rows, shard, row0, ids, carried)
+                yield self.to_table(rows, shard, row0, ids, carried)
                 row0 += n
 
     # -- jsonl -----------------------------------------------------------------------------------
@@ -507,14 +508,14 @@ class ShardReader:
                     row[C.ERROR] = f"line {line_no}: id {ident} does not fit in a 64-bit integer"
             rows.append(row)
             if len(rows) >= READ_BATCH_ROWS:
-                yield self._to_table(rows, shard, row0, None if has_id else False)
+                yield self.to_table(rows, shard, row0, None if has_id else False)
                 row0 += len(rows)
                 rows = []
         if rows or row0 == 0:
-            yield self._to_table(rows, shard, row0, None if has_id else False)
+            yield self.to_table(rows, shard, row0, None if has_id else False)
 
     # -- common ----------------------------------------------------------------------------------
-    def _to_table(self, rows: list[dict], shard: Shard, row0: int, ids, carried: dict | None = None) -> pa.Table:
+    def to_table(self, rows: list[dict], shard: Shard, row0: int, ids, carried: dict | None = None) -> pa.Table:
         """Rows use internal keys. `ids`: an Arrow array of the input's ids (kept with their type),
         None to take `row[C.ID]`, or False when the input has no id column (stable ids are made).
         `carried`: the carried columns as Arrow arrays (Parquet); otherwise they are taken from the rows."""

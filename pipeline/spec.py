@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from pipeline.errors import SpecError  # defined there, so that a head raises it without importing this module
 from pipeline.heads import DEFAULT_MAX_LENGTH, HEADS, head_entry
 from pipeline.heads.options import (  # noqa: F401 - importable from here, as before the registry
     EmbeddingHead,
@@ -320,10 +321,6 @@ class JobSpec(_Strict):
         fields["output.granularity"] = self.output.granularity
         fields["output.columns"] = list(self.output.columns)
         return fields
-
-
-class SpecError(ValueError):
-    """A spec that cannot run; the message names the field and what to do."""
 
 
 # The spec file is untrusted input. YAML aliases are refused outright, not expanded and counted: a spec

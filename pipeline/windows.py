@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import ModelError, SpecError
+
 
 def segment_ids(counts: np.ndarray) -> np.ndarray:
     """For segments of the given lengths laid one after another, the segment of each element."""
@@ -125,7 +127,8 @@ class WindowCutter:
         ids = np.asarray(processed.ids, dtype=np.int32)
         content = np.flatnonzero(~mask)
         if len(content) != len(probe.ids):
-            raise ValueError("the tokenizer's post-processor changes a text's own tokens; windows cannot be cut here")
+            raise ModelError("model.path: the tokenizer's post-processor changes a text's own tokens; windows cannot "
+                             "be cut here")
         return ids[: content[0]], ids[content[-1] + 1 :]
 
     def __call__(self, texts: list[str]) -> Windows:
@@ -141,7 +144,7 @@ class WindowCutter:
         m, stride = self.content_length, self.stride
         long = counts > m
         if long.any() and stride >= m:
-            raise ValueError(f"model.stride ({stride}) must be smaller than the {m} content tokens of a window "
+            raise SpecError(f"model.stride ({stride}) must be smaller than the {m} content tokens of a window "
                              f"(model.max_length {self.max_length} less the special tokens)")
         step = max(m - stride, 1)
         # Windows of a document: 1, or one every `step` tokens until one reaches the end.

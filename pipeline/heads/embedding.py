@@ -20,7 +20,7 @@ import pyarrow as pa
 from pipeline import columns as C
 from pipeline.heads.base import (Produced, WindowedTextHead, column, list_numpy, list_parts, model_max_length,
                                  vector_array)
-from pipeline.models import ModelError
+from pipeline.errors import ModelError, SpecError
 from pipeline.windows import ordered_segment_sums, segment_ids, surface_offsets
 
 # sentence-transformers' pooling modes (`pooling_mode` in 1_Pooling/config.json; older checkpoints
@@ -108,7 +108,7 @@ class Embedding(WindowedTextHead):
             stride = ctx.spec.model.stride if ctx.spec.model.stride is not None else self.max_length // 4
             self.stride = min(stride, self.max_length // 2)
         if self.pooling == "pooler" and self.options.layer is not None:
-            raise ValueError("head.layer: the pooler reads the last layer only; use pooling cls or mean with head.layer")
+            raise SpecError("head.layer: the pooler reads the last layer only; use pooling cls or mean with head.layer")
 
     def keep_all_windows(self) -> bool:
         return self.granularity == "token" or self.options.long_document == "mean"
@@ -138,7 +138,10 @@ class Embedding(WindowedTextHead):
             vec = hidden[:, 0]
         elif pooling == "pooler":
             if getattr(out, "pooler_output", None) is None:
-                raise RuntimeError("this model has no pooler")
+                # A checkpoint missing only the pooler's weights is refused before any work
+                # (head_parameter_prefixes); an architecture without a pooler at all gets here.
+                raise ModelError(f"head.pooling: {self.ctx.spec.model.path} has no pooler (its output has no "
+                                 "pooler_output); set head.pooling to cls or mean")
             vec = out.pooler_output.float()
         else:  # mean over real tokens, special tokens included, as sentence-transformers does
             mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import torch
 
 from pipeline import columns as C
+from pipeline.errors import ModelError, SpecError
 from pipeline.heads.base import RowError, WindowedTextHead, list_array, list_numpy, list_parts
 from pipeline.windows import offsets_of, ragged_arange, segment_ids, segment_sums
 
@@ -61,8 +62,6 @@ def target_ids(tokenizer, targets: list[str]) -> np.ndarray:
         ids.append(id_)
     ids = list(set(ids))
     if not ids:
-        from pipeline.spec import SpecError
-
         raise SpecError("head.targets: at least one target must map to a token of this tokenizer")
     return np.array(ids, dtype=np.int64)
 
@@ -76,7 +75,7 @@ class FillMask(WindowedTextHead):
         super().__init__(ctx)
         tok = self.tokenizer
         if tok.mask_token_id is None:
-            raise ValueError(f"model.path: the tokenizer of {ctx.spec.model.path} defines no mask token; fill-mask needs one")
+            raise ModelError(f"model.path: the tokenizer of {ctx.spec.model.path} defines no mask token; fill-mask needs one")
         self.mask_id = int(tok.mask_token_id)
         self.mask_token = str(tok.mask_token)
         self.pad_id = tok.pad_token_id

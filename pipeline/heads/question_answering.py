@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import columns as C
+from pipeline.errors import SpecError
 from pipeline.heads.base import Head, RowError, model_max_length
 
 ANSWER = pa.struct([("answer", pa.string()), ("score", pa.float32()), ("start", pa.int32()), ("end", pa.int32())])
@@ -52,7 +53,7 @@ class QuestionAnswering(Head):
         self.handle_impossible_answer = self.options.handle_impossible_answer
         if self.doc_stride >= self.max_length - self.options.max_question_len - 3:
             # The spec checks this against model.max_length; the model or tokenizer may cap it lower.
-            raise ValueError(
+            raise SpecError(
                 f"head.doc_stride: {self.doc_stride} leaves no room for new context in windows of {self.max_length} "
                 f"tokens (model.max_length capped by the model) with head.max_question_len "
                 f"{self.options.max_question_len}; lower head.doc_stride"

@@ -1,4 +1,4 @@
-"""`pipeline.apply(ds, spec)` (pipeline/compose.py): the head's stages on someone's own Ray Dataset, through real Ray. Its
+"""`pipeline.apply(ds, spec)` (pipeline/api.py): the head's stages on someone's own Ray Dataset, through real Ray. Its
 outputs equal transformers' pipeline on the same model and texts (the README's example), every
 other column comes through unchanged, no row is dropped, and mistakes are one sentence before any
 work."""
@@ -93,3 +93,53 @@ def test_apply_mistakes_are_one_sentence_before_any_work(tiny_ner_dir, ray_sessi
             "output": spec.get("output", {})}
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         pipeline.apply(ray.data.from_items([columns]), base)
+
+
+def test_the_readme_example_on_a_two_cpu_ray_finishes_and_equals_the_cli(tiny_ner_dir, ray_session, tmp_path):
+    """The README's Python API example as written (read_parquet on a file path, the model pool
+    autoscaling to 4 actors) on the session's `ray.init(num_cpus=2)`: its pools would ask for 3 CPUs of
+    2 and Ray Data's read task would never start, so placement fuses the stages into one model actor.
+    Its entities equal the CLI job's on the same file (spans and labels exactly; scores to 1e-5, as
+    another micro-batching may change their last bits)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    import pipeline
+    from tests.integration._util import write_spec
+
+    texts = [t for t in TEXTS if t] * 3
+    path = tmp_path / "shards" / "part-0.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"url": [f"https://example.org/{i}" for i in range(len(texts))], "text": texts}), path)
+    assert ray.cluster_resources()["CPU"] == 2
+
+    ds = ray.data.read_parquet(str(path))                          # columns: url, text
+    tagged = pipeline.apply(ds, {
+        "model": {"path": tiny_ner_dir, "head": "token-classification"},
+        "head": {"aggregation_strategy": "simple"},
+        "resources": {"model_actors": {"min": 1, "max": 4}},
+    })
+    got = {r["url"]: r["entities"] for r in tagged.take_all()}
+
+    spec = write_spec(tmp_path / "spec.yaml", {
+        "input": {"path": str(path.parent)}, "model": {"path": tiny_ner_dir, "head": "token-classification"},
+        "head": {"aggregation_strategy": "simple"}, "output": {"path": str(tmp_path / "out"), "columns": ["url"]},
+        "resources": {"model_actors": 1, "cpus_per_actor": 0.5, "tokenize_actors": 1, "postprocess_actors": 1}})
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(spec)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "RAY_ADDRESS": ray_session},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["rows_written"] == len(texts)
+    want = {r["url"]: r["entities"] for r in pq.read_table(tmp_path / "out" / "part-0-00000.parquet").to_pylist()}
+    assert got.keys() == want.keys() and len(got) == len(texts)
+    for url in want:
+        assert [(e["entity_group"], e["start"], e["end"], e["word"]) for e in got[url]] == \
+            [(e["entity_group"], e["start"], e["end"], e["word"]) for e in want[url]]
+        assert [e["score"] for e in got[url]] == pytest.approx([e["score"] for e in want[url]], abs=1e-5)

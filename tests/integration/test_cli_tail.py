@@ -59,7 +59,7 @@ def _spec(tmp_path: Path, src: Path, model_dir: str, laptop: bool) -> Path:
 
 def _assert_failed_shards_last(proc: subprocess.CompletedProcess, out: Path) -> None:
     assert proc.returncode == 1, proc.stderr
-    assert proc.stdout == ""
+    assert json.loads(proc.stdout)["status"] in ("failed", "incomplete"), proc.stdout  # exit 1: still a JSON
     lines = _lines(proc.stderr)
     assert lines[-1].startswith("error: 2 of 2 shard(s) did not finish (a.parquet: not a readable Parquet file"), \
         proc.stderr
@@ -93,7 +93,7 @@ def test_a_cluster_address_where_nothing_listens_exits_1_at_once(tmp_path, tiny_
     spec = _spec(tmp_path, _good_input(tmp_path), tiny_ner_dir, laptop=True)
     proc = _cli({"RAY_ADDRESS": address}, "run", str(spec))
     assert proc.returncode == 1, proc.stderr
-    assert proc.stdout == ""
+    assert json.loads(proc.stdout)["status"] in ("failed", "incomplete"), proc.stdout
     [line] = _lines(proc.stderr)
     assert line.startswith(f"error: Ray did not start: nothing answers at the Ray cluster address {address} "
                            "(from RAY_ADDRESS: Connection refused); "), line
@@ -111,7 +111,7 @@ def test_ray_that_cannot_start_here_exits_1_with_what_to_try(tmp_path, tiny_ner_
     spec = _spec(tmp_path, _good_input(tmp_path), tiny_ner_dir, laptop=True)
     proc = _cli({"RAY_TMPDIR": str(not_a_folder)}, "run", str(spec))
     assert proc.returncode == 1, proc.stderr
-    assert proc.stdout == ""
+    assert json.loads(proc.stdout)["status"] in ("failed", "incomplete"), proc.stdout
     [line] = _lines(proc.stderr)
     assert line.startswith(f"error: Ray did not start on this machine (Not a directory: {not_a_folder}/"), line
     assert line.endswith("; run `ray stop --force` to end Ray processes an earlier run left behind, check that "
@@ -126,9 +126,10 @@ def test_ray_stops_before_the_error_line_is_printed(tmp_path, monkeypatch, capfd
     on sys.stderr) comes before the error line."""
     import pipeline.__main__ as cli
     import pipeline.job as job
+    from pipeline.errors import JobFailed
 
     def failing_run(spec, **kwargs):
-        raise job.JobFailed("the job stopped: boom; finished shards are kept, rerun the same command to resume")
+        raise JobFailed("the job stopped: boom; finished shards are kept, rerun the same command to resume")
 
     ray_started = iter([False])  # not up when the command starts; up (started by it) afterwards
 
@@ -151,4 +152,4 @@ def test_ray_stops_before_the_error_line_is_printed(tmp_path, monkeypatch, capfd
     assert any("shutting down" in line for line in lines[:2])  # sys.stderr
     assert lines[-1] == ("error: the job stopped: boom; finished shards are kept, rerun the same command to "
                          "resume"), captured.err
-    assert captured.out == ""
+    assert json.loads(captured.out) == {"status": "failed", "error": lines[-1].removeprefix("error: ")}

@@ -125,7 +125,7 @@ def test_shard_files_markers_resume_and_fresh(corpus, tiny_ner_dir, ray_session)
 
 
 def test_a_corrupt_shard_among_good_ones_fails_alone_and_a_rerun_retries_it(tmp_path, tiny_ner_dir, ray_session):
-    from pipeline.job import JobFailed
+    from pipeline.errors import JobFailed
 
     src, out = tmp_path / "in", tmp_path / "out"
     write_jsonl(src / "a.jsonl", _docs(0, 10))
@@ -160,7 +160,7 @@ def test_a_corrupt_shard_among_good_ones_fails_alone_and_a_rerun_retries_it(tmp_
 
 
 def test_too_many_error_rows_exit_1_with_the_count_and_reasons(tmp_path, tiny_ner_dir, ray_session):
-    from pipeline.job import JobFailed
+    from pipeline.errors import JobFailed
 
     src, out = tmp_path / "in", tmp_path / "out"
     pq.write_table(pa.table({"id": [1, 2], "text": ["Alice in Paris.", "Bob in Rome."]}), src.mkdir() or src / "a.parquet")
@@ -177,7 +177,7 @@ def test_too_many_error_rows_exit_1_with_the_count_and_reasons(tmp_path, tiny_ne
 
 
 def test_paths_that_overlap_are_refused_before_any_work(tmp_path, tiny_ner_dir):
-    from pipeline.job import validate
+    from pipeline.preflight import validate
     from pipeline.spec import SpecError
 
     src = write_jsonl(tmp_path / "in" / "a.jsonl", _docs(0, 2)).parent

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import columns as C
-from pipeline.job import _check_columns, reader_columns
+from pipeline.preflight import check_columns
+from pipeline.sources import reader_columns
 from pipeline.local import LocalRunner
 from pipeline.sources import InputError, ShardReader, carry_key, list_shards
 from pipeline.spec import InputSpec, SpecError, spec_from_dict
@@ -57,7 +58,7 @@ def test_parquet_columns_keep_their_arrow_type_and_follow_the_id(tmp_path, model
     spec = _spec(model_dir, path, CARRIED, granularity=granularity)
     columns, optional = reader_columns(spec)
     (shard,) = list_shards(spec.input)
-    _check_columns(spec, [shard])
+    check_columns(spec, [shard])
     (table,) = ShardReader(columns, "id", None, optional).read(shard)
     assert table.column(carry_key("day")).type == pa.date32()
     out = _stages(LocalRunner(spec), table)
@@ -84,7 +85,7 @@ def test_jsonl_missing_keys_are_null_and_json_types_are_kept(tmp_path, model_dir
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     spec = _spec(model_dir, path, ["url", "rank", "meta"])
     (shard,) = list_shards(spec.input)
-    _check_columns(spec, [shard])  # url is missing from the second object: still a column of the input
+    check_columns(spec, [shard])  # url is missing from the second object: still a column of the input
     columns, optional = reader_columns(spec)
     table = pa.concat_tables(ShardReader(columns, "id", None, optional).read(shard))
     out = _stages(LocalRunner(spec), table)
@@ -111,7 +112,7 @@ def test_a_column_missing_from_the_input_is_refused_naming_output_columns_and_th
     path = _parquet(tmp_path / "in.parquet", url=pa.array(["a", "b", "c"]))
     spec = _spec(model_dir, path, ["url", "date"])
     with pytest.raises(InputError, match=r"^output\.columns: column 'date' not in in\.parquet \(it has: id, text, url\)"):
-        _check_columns(spec, list_shards(spec.input))
+        check_columns(spec, list_shards(spec.input))
     # A later shard without it (validation looks at the first): its rows become error rows, none is lost.
     columns, optional = reader_columns(spec)
     (shard,) = list_shards(InputSpec(path=str(path)))
@@ -127,14 +128,13 @@ def test_a_column_missing_from_the_input_is_refused_naming_output_columns_and_th
     (["url", "url"], "document", "'url' is listed twice"),
 ])
 def test_a_column_that_clashes_is_refused_before_any_work(model_dir, columns, granularity, clash):
-    from pipeline.job import validate
+    from pipeline.preflight import validate
 
     spec = _spec(model_dir, columns=columns, granularity=granularity)
     with pytest.raises(SpecError, match=rf"^output\.columns: {clash}"):
         LocalRunner(spec)
     with pytest.raises(SpecError, match=r"^output\.columns: "):
-        validate(spec.model_copy(update={"input": InputSpec(path=str(_write_jsonl_with(model_dir, columns)))}),
-                 check_writable=False)
+        validate(spec.model_copy(update={"input": InputSpec(path=str(_write_jsonl_with(model_dir, columns)))}))
 
 
 def _write_jsonl_with(model_dir, columns):

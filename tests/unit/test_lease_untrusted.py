@@ -167,7 +167,7 @@ def test_validate_says_another_run_holds_the_output(tmp_path, out, minilm_dir, c
     captured = capsys.readouterr()
     line = _one_line(captured.err)
     assert line.startswith(f"error: output.path: another run (other on another-host, pid 1) is writing {out} ")
-    assert captured.out == ""
+    assert json.loads(captured.out) == {"status": "failed", "error": line.removeprefix("error: ")}  # exit 1: a JSON
     assert json.loads((out / LEASE).read_text())["run_id"] == "other"  # validate takes nothing
 
     _write_lease(out, heartbeat=time.time() - 3600)  # a dead run's lease: run would take it over

@@ -1,6 +1,7 @@
-"""resources.cpus_per_actor's default (and a laptop run's model_actors): the cores shared out among the
-model actors when the job starts its own local Ray on CPU, a single-threaded actor per core on a laptop
-run, else 1."""
+"""Placement (pipeline/placement.py): resources.cpus_per_actor's default (and a laptop run's model_actors):
+the cores shared out among the model actors when the job starts its own local Ray on CPU, a
+single-threaded actor per core on a laptop run, else 1; the head checked while Ray starts; pools that
+cannot fit a Ray someone else started."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import os
 import pytest
 import ray
 
-from pipeline.job import ACTOR_BASE_BYTES, INPUT_BYTES_PER_ACTOR, _with_model_cpus, laptop_model_actors
-from pipeline.spec import spec_from_dict
+from pipeline import placement
+from pipeline.compose import READ_CPUS
+from pipeline.placement import ACTOR_BASE_BYTES, INPUT_BYTES_PER_ACTOR, is_laptop, laptop_model_actors, size_pools
+from pipeline.spec import SpecError, spec_from_dict
 
 
 def _spec(**resources):
@@ -28,16 +31,14 @@ def no_cluster(monkeypatch):
 
 
 def test_a_laptop_run_gives_each_core_a_single_threaded_model_actor(no_cluster, monkeypatch):
-    import pipeline.job
-
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(pipeline.job, "_physical_memory", lambda: 64 << 30)
+    monkeypatch.setattr(placement, "_physical_memory", lambda: 64 << 30)
     assert _spec().resources.cpus_per_actor is None
-    res = _with_model_cpus(_spec(), model_bytes=400 << 20).resources
+    res = size_pools(_spec(), True, True, model_bytes=400 << 20).resources
     assert (res.model_actors, res.cpus_per_actor) == (4, 1.0)
     # Memory for two actors only (half of it, at 1 GiB + twice the weights each): the threads make up.
-    monkeypatch.setattr(pipeline.job, "_physical_memory", lambda: 2 * 2 * (ACTOR_BASE_BYTES + 2 * (400 << 20)))
-    res = _with_model_cpus(_spec(), model_bytes=400 << 20).resources
+    monkeypatch.setattr(placement, "_physical_memory", lambda: 2 * 2 * (ACTOR_BASE_BYTES + 2 * (400 << 20)))
+    res = size_pools(_spec(), True, True, model_bytes=400 << 20).resources
     assert (res.model_actors, res.cpus_per_actor) == (2, 2.0)
 
 
@@ -57,145 +58,85 @@ def test_laptop_model_actors_fit_cores_memory_and_input():
 
 def test_a_pool_the_spec_sizes_shares_the_cores(no_cluster, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    res = _with_model_cpus(_spec(model_actors=2)).resources
+    res = size_pools(_spec(model_actors=2), False, True).resources
     assert (res.model_actors, res.cpus_per_actor) == (2, 4.0)
-    res = _with_model_cpus(_spec(model_actors={"min": 1, "max": 16})).resources
+    res = size_pools(_spec(model_actors={"min": 1, "max": 16}), False, True).resources
     assert res.cpus_per_actor == 1.0  # never less than one thread
     # Pools for the CPU stages: not a fused laptop run, so the model keeps its one actor and every core.
-    res = _with_model_cpus(_spec(tokenize_actors=1)).resources
+    res = size_pools(_spec(tokenize_actors=1), False, True).resources
     assert (res.model_actors, res.cpus_per_actor) == (1, 8.0)
 
 
-def test_what_the_spec_says_wins(no_cluster):
-    assert _with_model_cpus(_spec(cpus_per_actor=0.5)).resources.cpus_per_actor == 0.5
+def test_what_the_spec_says_wins():
+    assert size_pools(_spec(cpus_per_actor=0.5), True, True).resources.cpus_per_actor == 0.5
 
 
-@pytest.mark.parametrize("case", ["gpu", "address", "attached"])
-def test_one_cpu_on_gpus_or_a_cluster(no_cluster, monkeypatch, case):
+@pytest.mark.parametrize("case", ["gpu", "elsewhere"])
+def test_one_cpu_on_gpus_or_a_ray_the_job_did_not_start(case):
     spec = _spec(gpus_per_actor=1) if case == "gpu" else _spec()
-    if case == "address":
-        monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    if case == "attached":  # a Ray someone else started and sized (a test session, a notebook)
-        monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    assert _with_model_cpus(spec).resources.cpus_per_actor == 1.0
+    assert size_pools(spec, False, starts_local=case == "gpu").resources.cpus_per_actor == 1.0
 
 
 def test_a_laptop_run_fuses_the_stages_unless_the_spec_sizes_them(no_cluster, monkeypatch):
     from pipeline.compose import ModelStages, model_stages
-    from pipeline.job import _is_laptop_run
 
-    assert _is_laptop_run(_spec())
-    assert _is_laptop_run(_spec(model_actors=1))  # sizing the model pool alone keeps the run fused
-    [fused] = model_stages(_with_model_cpus(_spec(model_actors=1)), fused=True)
+    assert is_laptop(_spec())
+    assert is_laptop(_spec(model_actors=1))  # sizing the model pool alone keeps the run fused
+    [fused] = model_stages(size_pools(_spec(model_actors=1), True, True), fused=True)
     assert fused.fn is ModelStages and fused.num_cpus == os.cpu_count() and fused.actors == 1
     for sized in ({"tokenize_actors": 2}, {"postprocess_actors": 1}, {"cpus_per_actor": 1}, {"gpus_per_actor": 1}):
-        assert not _is_laptop_run(_spec(**sized)), sized
+        assert not is_laptop(_spec(**sized)), sized
     assert [s.name for s in model_stages(_spec(tokenize_actors=2))] == ["tokenize", "predict", "postprocess"]
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert not is_laptop(_spec())
+    monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a Ray someone else started
-    assert not _is_laptop_run(_spec())
+    assert not is_laptop(_spec())
 
 
-def test_a_laptop_run_starts_ray_while_the_model_is_checked(no_cluster, monkeypatch):
-    """The model check (a thread) waits until Ray is starting (the main thread): run one after the
-    other, this would time out. A wrong column is told before Ray starts."""
-    import threading
-
-    import pipeline.job as job
-
-    ray_starting = threading.Event()
+def test_start_gives_a_laptop_ray_a_cpu_per_core_and_a_sized_one_its_pools(no_cluster, monkeypatch):
     started_with = []
-    monkeypatch.setattr(job, "_check_input", lambda spec: ["shard"])
-    monkeypatch.setattr(job, "_check_writable", lambda output: None)
-    monkeypatch.setattr(job, "_check_head", lambda spec: {"checked_while_ray_started": ray_starting.wait(10)})
-    monkeypatch.setattr(job, "_init_ray", lambda spec, cpus, verbose: (started_with.append(cpus), ray_starting.set()))
+    monkeypatch.setattr(placement, "_init_ray", lambda spec, cpus, verbose: started_with.append(cpus) or True)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    facts = job._checked_while_ray_starts(_spec(), verbose=False)
-    assert facts == {"shards": ["shard"], "laptop": True, "checked_while_ray_started": True}
-    assert started_with == [job.READ_CPUS + 4]  # room for one single-threaded model actor per core
-    assert job._laptop_cpus_needed(_spec(model_actors=2)) == job.READ_CPUS + 2 * 2.0
-
-    started_with.clear()
-    monkeypatch.setattr(job, "_check_head", lambda spec: {})
-    job._checked_while_ray_starts(_spec(tokenize_actors=1), verbose=False)  # not a laptop run
-    assert started_with == []
-
-    def wrong_column(spec):
-        raise job.InputError("input.text_column: column 'body' not in docs.jsonl")
-
-    monkeypatch.setattr(job, "_check_input", wrong_column)
-    with pytest.raises(job.InputError, match="body"):
-        job._checked_while_ray_starts(_spec(), verbose=False)
-    assert started_with == []
+    assert placement.start(_spec()) == placement.Cluster(laptop=True, local=True, started=True)
+    assert placement.start(_spec(model_actors=2)).laptop
+    cluster = placement.start(_spec(tokenize_actors=1, postprocess_actors=1))
+    assert not cluster.laptop and cluster.started
+    # Room for one single-threaded model actor per core; two of two threads; the three pools at their largest.
+    assert started_with == [READ_CPUS + 4, READ_CPUS + 2 * 2.0, READ_CPUS + 0.5 + 4.0 + 0.5]
 
 
-def test_the_laptop_sizing_holds_once_the_job_has_started_its_ray(no_cluster, monkeypatch):
-    # Decided before Ray started (job._checked_while_ray_starts); a Ray that is up is then the job's own.
+def test_the_laptop_sizing_holds_once_the_job_has_started_its_ray(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    res = _with_model_cpus(_spec(), model_bytes=0, laptop=True).resources
-    assert (res.model_actors, res.cpus_per_actor) == (2, 1.0)
-    assert _with_model_cpus(_spec()).resources.cpus_per_actor == 1.0  # undecided: someone else's Ray
+    monkeypatch.setattr(placement, "_ask_for_gpus", lambda res, local: pytest.fail("no GPUs asked for"))
+    placed = placement.place(_spec(), placement.Cluster(laptop=True, local=True, started=True))
+    assert (placed.spec.resources.model_actors, placed.spec.resources.cpus_per_actor) == (2, 1.0)
+    assert [s.name for s in placed.stages] == ["model"] and placed.model_pool["fused"]
+    assert placed.pool_line == "model: 2 actor(s), 1 CPU each; each tokenizes and postprocesses its own batches"
+    joined = placement.place(_spec(), placement.Cluster(laptop=False, local=True, started=False))
+    assert joined.spec.resources.cpus_per_actor == 1.0  # someone else's Ray
+    assert [s.name for s in joined.stages] == ["tokenize", "predict", "postprocess"]
 
 
 def test_a_small_input_gets_one_model_actor_with_every_core(no_cluster, monkeypatch, tmp_path):
-    import pipeline.job as job
     from pipeline.sources import list_shards
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(job, "_physical_memory", lambda: 64 << 30)
+    monkeypatch.setattr(placement, "_physical_memory", lambda: 64 << 30)
     small = tmp_path / "small.jsonl"
     small.write_text('{"id": 1, "text": "Alice met Bob."}\n' * 100)
-    shards = list_shards(_spec().input.model_copy(update={"path": str(small)}), None)
-    res = _with_model_cpus(_spec(), 0, laptop=True, input_bytes=job._input_bytes(shards)).resources
+    (shard,) = list_shards(_spec().input.model_copy(update={"path": str(small)}), None)
+    res = size_pools(_spec(), True, True, 0, input_bytes=shard.identity["size"]).resources
     assert (res.model_actors, res.cpus_per_actor) == (1, 4.0)
 
 
-def test_the_lease_is_taken_while_ray_starts_and_given_back_when_the_checks_fail(no_cluster, monkeypatch, tmp_path):
-    """run takes the output's lease in a thread while Ray starts (the main thread waits here until the
-    lease file exists: one after the other, it would time out); a failed model check gives it back;
-    another run's lease is refused and left as it is."""
-    import json
-    import socket
-    import time
-
-    import pipeline.job as job
-    from pipeline.lease import RunActive
-    from pipeline.models import ModelError
-    from pipeline.output import LEASE
-
-    out = tmp_path / "out"
-    spec = spec_from_dict({"input": {"path": "in"}, "model": {"path": "m", "head": "embedding"},
-                           "output": {"path": str(out)}})
-    seen_while_starting = []
-
-    def init_ray(spec, cpus, verbose):
-        deadline = time.monotonic() + 10
-        while not (out / LEASE).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        seen_while_starting.append((out / LEASE).exists())
-
-    monkeypatch.setattr(job, "_check_input", lambda spec: ["shard"])
-    monkeypatch.setattr(job, "_check_head", lambda spec: {"model": "checked"})
-    monkeypatch.setattr(job, "_init_ray", init_ray)
-    facts = job._checked_while_ray_starts(spec, verbose=False, take_lease=True)
-    assert seen_while_starting == [True]
-    assert facts["model"] == "checked" and facts["laptop"] is True
-    assert json.loads((out / LEASE).read_text())["run_id"] == facts["lease"].run_id
-    facts["lease"].release()
-    assert not (out / LEASE).exists()
-
-    def bad_checkpoint(spec):
-        raise ModelError("model.path: m has no weights")
-
-    monkeypatch.setattr(job, "_check_head", bad_checkpoint)
-    with pytest.raises(ModelError, match="no weights"):
-        job._checked_while_ray_starts(spec, verbose=False, take_lease=True)
-    assert not (out / LEASE).exists()  # taken meanwhile, and given back
-
-    monkeypatch.setattr(job, "_check_head", lambda spec: {})
-    other = {"run_id": "other-run", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
-             "timeout_seconds": 60}
-    (out / LEASE).write_text(json.dumps(other))
-    with pytest.raises(RunActive, match="other-run"):
-        job._checked_while_ray_starts(spec, verbose=False, take_lease=True)
-    assert json.loads((out / LEASE).read_text())["run_id"] == "other-run"
+def test_pools_that_cannot_fit_someone_elses_ray_are_fused_or_refused():
+    # The README's example on ray.init(num_cpus=2): three pools of 2 CPUs and a task do not fit; the
+    # spec sizes no pool, so the stages run fused in one model actor of one CPU, a CPU left for the read.
+    placed = placement.fit(_spec(model_actors={"min": 1, "max": 4}), cpus=2)
+    assert [s.name for s in placed.stages] == ["model"] and placed.stages[0].num_cpus == 1.0
+    assert placed.stages[0].actors == 1
+    assert [s.name for s in placement.fit(_spec(), cpus=8).stages] == ["tokenize", "predict", "postprocess"]
+    with pytest.raises(SpecError, match=r"resources: the pools ask for 3.5 CPUs \(tokenize 1 x 0.5, predict 1 x 2, "
+                                        r"postprocess 1 x 0.5, and 0.5 for a task\) but this Ray has 2"):
+        placement.fit(_spec(cpus_per_actor=2), cpus=2)

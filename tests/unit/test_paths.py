@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pipeline.job import _check_paths_apart
+from pipeline.preflight import check_paths_apart
 from pipeline.output import OutputDir
 from pipeline.sources import InputError, list_shards
 from pipeline.spec import InputSpec, SpecError
@@ -34,21 +34,21 @@ def tree(tmp_path):
 ])
 def test_an_output_that_is_inside_or_contains_the_input_is_refused_however_it_is_spelt(tree, output):
     with pytest.raises(SpecError, match="is, lies inside or contains input.path"):
-        _check_paths_apart(f"{tree}/in", output.format(t=tree))
+        check_paths_apart(f"{tree}/in", output.format(t=tree))
     with pytest.raises(SpecError):
-        _check_paths_apart(f"{tree}/link-to-in/*.parquet", output.format(t=tree))
+        check_paths_apart(f"{tree}/link-to-in/*.parquet", output.format(t=tree))
 
 
 def test_paths_apart_pass_and_home_and_relative_parts_resolve(tree, monkeypatch):
-    _check_paths_apart(f"{tree}/in", f"{tree}/out")
-    _check_paths_apart(f"{tree}/in/*.parquet", f"file://{tree}/in2")
-    _check_paths_apart("s3://bucket/in/", "s3://bucket/out")
+    check_paths_apart(f"{tree}/in", f"{tree}/out")
+    check_paths_apart(f"{tree}/in/*.parquet", f"file://{tree}/in2")
+    check_paths_apart("s3://bucket/in/", "s3://bucket/out")
     with pytest.raises(SpecError):
-        _check_paths_apart("s3://bucket//in/*.jsonl", "s3://bucket/in/out/")
+        check_paths_apart("s3://bucket//in/*.jsonl", "s3://bucket/in/out/")
     monkeypatch.setenv("HOME", str(tree))
     monkeypatch.chdir(tree / "in")
     with pytest.raises(SpecError):
-        _check_paths_apart("~/in", "./results")
+        check_paths_apart("~/in", "./results")
     assert normal_path("~/in") == str(tree / "in") == normal_path("file://" + str(tree / "link-to-in"))
 
 

@@ -341,8 +341,8 @@ def test_shard_columns(tmp_path):
 
 
 def test_in_memory_rows_keep_working():
-    # pipeline/local.py builds tables from rows given in memory through _to_table.
+    # pipeline/local.py builds tables from rows given in memory through to_table.
     reader = ShardReader(COLUMNS, "id")
-    table = reader._to_table([{C.ID: 1, C.TEXT: "a"}, {C.ID: 2**64, C.TEXT: "b"}], Shard(0, "memory", "jsonl"), 0, None)
+    table = reader.to_table([{C.ID: 1, C.TEXT: "a"}, {C.ID: 2**64, C.TEXT: "b"}], Shard(0, "memory", "jsonl"), 0, None)
     assert table.column(C.ID).to_pylist() == [1, None]
     assert table.column(C.ERROR).to_pylist() == [None, "id 18446744073709551616 does not fit in this job's id type (int64)"]

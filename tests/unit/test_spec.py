@@ -79,7 +79,7 @@ def test_laptop_spec_is_the_demo_ner_job():
     assert spec.output.path == "out/laptop"
     assert isinstance(spec.head, TokenClassificationHead) and spec.head.aggregation_strategy == "simple"
     # No pool sizes and no model CPUs: a laptop run fuses the stages into the model actors
-    # (job._is_laptop_run), a single-threaded actor per core as memory allows (job._with_model_cpus).
+    # (placement.is_laptop), a single-threaded actor per core as memory allows (placement.size_pools).
     assert spec.resources.gpus_per_actor == 0
     assert not {"model_actors", "cpus_per_actor", "tokenize_actors", "postprocess_actors"} & spec.resources.model_fields_set
     assert spec.model.max_length == 128

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import columns as C
-from pipeline.job import ReadLedger
+from pipeline.ledger import ReadLedger
 from pipeline.sources import Piece, ShardReader, list_shards, plan_pieces
 from pipeline.spec import InputSpec
 
