@@ -277,12 +277,12 @@ def _command(args, verbose: bool) -> tuple[int, str | None, str | None]:
         return 0, _readable_json(summary), None
     except JobError as e:  # mapped by class: 2 for a spec, input, output or model problem, 1 otherwise
         if e.exit_code != 1:
-            return e.exit_code, None, f"error: {e}"
+            return e.exit_code, None, f"error: {_one_line(e)}"
         if args.debug:
             raise
         if isinstance(e, JobFailed) and e.summary is not None:
-            return 1, _readable_json(e.summary), f"error: {e}"  # the run's progress record
-        return _failed(str(e))
+            return 1, _readable_json(e.summary), f"error: {_one_line(e)}"  # the run's progress record
+        return _failed(_one_line(e))
     except KeyboardInterrupt:
         return _failed("interrupted: finished shards are kept; rerun the same command to resume", line="")
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, and how to see more
@@ -294,6 +294,11 @@ def _command(args, verbose: bool) -> tuple[int, str | None, str | None]:
             # Stop the Ray this command started (or detach from the cluster) while stdout still goes
             # to stderr: its shutdown messages must not follow the summary.
             _stop_ray()
+
+
+def _one_line(e: BaseException) -> str:
+    """An error's sentence on one line: a cause quoted from a library may hold line breaks."""
+    return " ".join(str(e).split())
 
 
 def _failed(sentence: str, line: str = "error: ") -> tuple[int, str, str]:

@@ -80,7 +80,11 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
         job = _planned(spec, checked, lease, display, started, fresh=fresh, limit=limit, retire=retire)
         if job.nothing_to_do:
             return _nothing_to_do(job)
-        return _finished(job, *_work(job, verbose))
+        try:
+            outcome = _work(job, verbose)
+        except JobFailed as e:  # Ray did not start: recorded like any run that stopped short
+            return _finished(job, stopped=str(e))
+        return _finished(job, *outcome)
     except UserError:
         lease.release()
         _remove_if_empty(made)  # exit 2 leaves no folder that was not there before
@@ -149,7 +153,9 @@ def _nothing_to_do(job: Run) -> dict:
         kept = None
     if (isinstance(kept, dict) and kept.get("status") == "complete" and kept.get("shards") == len(done)
             and kept.get("rows_read") == totals(done)["rows_read"]):
-        return {**kept, "checked_at": round(time.time(), 3)}
+        # The files stay the last real run's; what this run did is said in what it prints.
+        return {**kept, "shards_resumed": len(done), "shards_run": 0, "shards_retired": [],
+                "checked_at": round(time.time(), 3)}
     return _finished(job)
 
 

@@ -219,6 +219,8 @@ def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not verbose:
+        import ray.data  # noqa: F401 - it configures its loggers on import: quietened after that, not before
+
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     if ray.is_initialized():
         return len(ray.nodes()) == 1

@@ -52,7 +52,8 @@ def test_limit_runs_the_first_rows_and_a_full_run_completes_them(tmp_path, tiny_
     assert summary == json.loads((out / SUMMARY).read_text())
     for noise in ("core_worker", "Progress bars", "\x1b[", "WARNING", "INFO"):
         assert noise not in proc.stderr, proc.stderr
-    assert "45/45 rows" in proc.stderr.splitlines()[-1], proc.stderr
+    *_, progress, done = proc.stderr.splitlines()
+    assert "45/45 rows" in progress and done == f"done: results in {out}, report {out}/_REPORT.html", proc.stderr
 
     # The first 45 rows: all of part-0 and the first 15 of part-1; part-2 untouched.
     assert summary["status"] == "limited" and summary["limit"] == 45

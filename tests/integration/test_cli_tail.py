@@ -28,7 +28,9 @@ def _cli(env_changes: dict, *args) -> subprocess.CompletedProcess:
 
 
 def _lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.strip()]
+    """stderr's lines after the progress messages (the phases the run went through before it stopped)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return [line for line in lines if not line.startswith("starting Ray; ")]
 
 
 def _corrupt_input(tmp_path: Path) -> Path:
@@ -116,7 +118,7 @@ def test_ray_that_cannot_start_here_exits_1_with_what_to_try(tmp_path, tiny_ner_
     assert line.startswith(f"error: Ray did not start on this machine (Not a directory: {not_a_folder}/"), line
     assert line.endswith("; run `ray stop --force` to end Ray processes an earlier run left behind, check that "
                          "/tmp/ray (or RAY_TMPDIR) has free disk space, or set RAY_ADDRESS to a running Ray "
-                         "cluster, then rerun"), line
+                         f"cluster, then rerun (see {tmp_path / 'out'}/_PROGRESS.json)"), line
     assert "unexpected" not in line and "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / LEASE).exists()
 
