@@ -20,6 +20,10 @@ TRUNCATED = "_truncated"  # bool: the document lost tokens beyond the first wind
 OUT_PREFIX = "_out_"
 PADDED_SLOTS = "_padded_slots"  # int64: pad positions computed for this document's windows
 
+# Written by the postprocess stage, on the first output row of each document (0 on the others).
+DOCUMENTS = "_documents"  # int64: 1 on a document's first output row, for counting documents
+N_WINDOWS = "_n_windows"  # int64: windows the document was cut into
+
 
 def out(name: str) -> str:
     return OUT_PREFIX + name

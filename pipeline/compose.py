@@ -121,8 +121,6 @@ def _bound(stage_class, stage: str, spec, meter):
     """`stage_class` as a Ray Data actor class built with `spec` and, with a meter, reporting each
     batch to it. The spec and the meter are bound to the class rather than passed as constructor
     arguments, which Ray would keep in the object store (and warn about, for actors it may restart)."""
-    from pipeline.sinks import DOCUMENTS
-
     class Bound(stage_class):
         def __init__(self):
             super().__init__(spec)
@@ -133,7 +131,7 @@ def _bound(stage_class, stage: str, spec, meter):
                 t0 = time.perf_counter()
                 batch = part(batch)
                 if meter is not None:
-                    rows = batch.num_rows if name != "postprocess" else column_sum(batch, DOCUMENTS)
+                    rows = batch.num_rows if name != "postprocess" else column_sum(batch, C.DOCUMENTS)
                     meter.record.remote(name, time.time(), time.perf_counter() - t0, rows,
                                         column_sum(batch, C.N_TOKENS))
             return batch

@@ -26,7 +26,9 @@ from pipeline.compose import READ_CPUS, Stage, column_sum, compose, in_blocks_of
 from pipeline.errors import JobFailed, UserError
 from pipeline.lease import Lease
 from pipeline.ledger import ReadLedger
-from pipeline.markers import ResumePlan, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers
+from pipeline.markers import (
+    Request, ResumePlan, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers,
+)
 from pipeline.meter import StageMeter
 from pipeline.models import weights_bytes
 from pipeline.output import STAGING_DIR, SUCCESS, SUMMARY, OutputDir, StorageFailed, root_cause, storage_failed
@@ -34,9 +36,18 @@ from pipeline.progress import Display, RowTotal
 from pipeline.sinks import Finalizing, ShardCompletion, WriteParts, finalize_shard
 from pipeline.sources import InputError, Piece, ShardReader, ShardUnreadable, count_rows, plan_pieces, probe_id_type
 from pipeline.sources import reader_columns
-from pipeline.summary import build_summary, error_verdict, totals, write_complete, write_progress
+from pipeline.summary import Progress, build_summary, error_verdict, totals, write_complete, write_progress
 
 PROGRESS_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the command asked for besides the spec."""
+
+    fresh: bool = False  # redo every shard
+    limit: int | None = None  # only the first N rows (a dry run)
+    retire: bool = False  # remove the results of shards no longer in the input
 
 
 @dataclass
@@ -77,7 +88,7 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
     made = _missing_folders(output)
     lease = _take_lease(output)
     try:
-        job = _planned(spec, checked, lease, display, started, fresh=fresh, limit=limit, retire=retire)
+        job = _planned(spec, checked, lease, display, started, Asked(fresh, limit, retire))
         if job.nothing_to_do:
             return _nothing_to_do(job)
         try:
@@ -98,13 +109,14 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
         lease.release()
 
 
-def _planned(spec, checked, lease, display, started, *, fresh, limit, retire) -> Run:
+def _planned(spec, checked, lease, display, started, asked: Asked) -> Run:
     """The resume plan over the input as it is now, with the output's own files checked first."""
     output = checked.output
     recorded = read_markers(output)
     shards = keep_keys(checked.shards, recorded.markers)
     listed = {s.key for s in shards}
     limits: dict[str, int] = {}
+    limit = asked.limit
     if limit is not None:
         chosen, limits = _first_rows(shards, limit, spec.storage)
         if len(chosen) == len(shards) and not limits:
@@ -112,7 +124,7 @@ def _planned(spec, checked, lease, display, started, *, fresh, limit, retire) ->
         shards = chosen
     fields = {**spec.result_fields(), "model.revision": checked.model["revision"]}
     try:
-        plan = plan_resume(output, shards, fields, recorded, listed=listed, fresh=fresh, limits=limits, retire=retire)
+        plan = plan_resume(output, shards, fields, recorded, Request(asked.fresh, asked.retire, limits), listed)
     except VanishedShards:
         output.remove([SUCCESS])  # the output no longer is the input's results
         raise
@@ -122,7 +134,7 @@ def _planned(spec, checked, lease, display, started, *, fresh, limit, retire) ->
         "granularity": spec.output.granularity, "input": spec.input.path, "output": spec.output.path,
     }
     job = Run(spec, output, lease, shards, plan, fields, record, display, started, limit, limits)
-    _clear(job, fresh)
+    _clear(job, asked.fresh)
     return job
 
 
@@ -246,8 +258,8 @@ def _stream(job: Run, ds, completion: ShardCompletion) -> None:
         completion.step(final=False)
         if time.time() - last_record > PROGRESS_SECONDS:
             last_record = time.time()
-            write_progress(job.output.impatient(), "running", run=job.record, shards_total=len(job.shards),
-                           done=list(completion.markers), failed=completion.failed)
+            write_progress(job.output.impatient(), Progress("running", job.record, len(job.shards),
+                                                            list(completion.markers), completion.failed))
     if job.lease.lost:
         raise JobFailed(job.lease.lost)
     completion.finish()
@@ -284,12 +296,10 @@ def _finished(job: Run, completion: ShardCompletion | None = None, measured: dic
         error = error_verdict(t, job.spec.output.max_error_fraction)
         status = "failed" if error else status
     if error:
-        record = {"status": status, "reason": error, "shards": len(shards), "shards_done": len(markers),
-                  "shards_failed": failed, **{k: t[k] for k in ("rows_read", "rows_written", "rows_errored")}, **run_info}
-        if write_progress(output.impatient(), status, run=run_info, shards_total=len(shards), done=list(markers),
-                          failed=failed, reason=error, t=t):
+        progress = Progress(status, run_info, len(shards), list(markers), failed, error, t)
+        if write_progress(output.impatient(), progress):
             error += f" (see {output.path}/_PROGRESS.json)"
-        raise JobFailed(error, summary=record)
+        raise JobFailed(error, summary=progress.record())
     tokens_this_run = sum(m["tokens"] for k, m in markers.items() if k not in plan.done)
     if job.limit is not None:
         run_info["limit"] = job.limit

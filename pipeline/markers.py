@@ -149,18 +149,27 @@ def keep_keys(shards: list, markers: dict[str, dict]) -> list:
     return out
 
 
-def plan_resume(output: OutputDir, shards: list, fields: dict, recorded: Recorded, *, listed: set[str] | None = None,
-                fresh: bool = False, limits: dict[str, int] | None = None, retire: bool = False) -> ResumePlan:
+@dataclass(frozen=True)
+class Request:
+    """What the run was asked to do with earlier results (the CLI's flags)."""
+
+    fresh: bool = False  # redo every shard
+    retire: bool = False  # remove the results of shards no longer in the input instead of refusing
+    limits: dict[str, int] = field(default_factory=dict)  # shard key -> rows of a --limit run's cut shard
+
+
+def plan_resume(output: OutputDir, shards: list, fields: dict, recorded: Recorded, request: Request = Request(),
+                listed: set[str] | None = None) -> ResumePlan:
     """`shards`: those to run (keys from `keep_keys`); `listed`: the keys of every shard in the input
     now (default: `shards`'), so that a `--limit` run does not take the shards it leaves for vanished.
-    `limits`: rows per shard of a limited run (`--limit`). A limited run's marker counts as done
-    only for a run with the same limit on its shard, so the full run redoes a dry run's partial
-    shards; a full marker counts for any run (a dry run never redoes finished work).
+    A limited run's marker counts as done only for a run with the same limit on its shard, so the full
+    run redoes a dry run's partial shards; a full marker counts for any run (a dry run never redoes
+    finished work).
 
     A marker whose shard is no longer in the input (deleted, renamed, or now named under another key)
-    refuses the run (VanishedShards) unless `retire` or `fresh`: then its files are removed with it and
-    it is listed in `plan.retired`. Raises FingerprintMismatch, VanishedShards."""
-    limits = limits or {}
+    refuses the run (VanishedShards) unless `request.retire` or `.fresh`: then its files are removed
+    with it and it is listed in `plan.retired`. Raises FingerprintMismatch, VanishedShards."""
+    fresh, retire, limits = request.fresh, request.retire, request.limits
     markers = recorded.markers
     listed = {s.key for s in shards} if listed is None else listed
     vanished = {key: m["shard"] for key, m in markers.items() if key not in listed}

@@ -29,9 +29,6 @@ from pipeline.output import ERRORS_DIR, STAGING_DIR, OutputDir, marker_file, pen
 from pipeline.progress import Snapshot
 from pipeline.stats import empty_stats, shard_stats
 
-# Per-document statistics the postprocess stage puts on the first output row of each document.
-DOCUMENTS = "_documents"
-N_WINDOWS = "_n_windows"
 # What the writer reports per shard and batch, for progress only (the markers are the record).
 PROGRESS_COLUMNS = ("shard", "documents", "rows_errored", "tokens")
 
@@ -58,17 +55,32 @@ class WriteParts:
             key = self.shard_keys[int(shard)]
             self.output.write_table(f"{STAGING_DIR}/{key}/r{rows[0]:012d}-{digest}.parquet", part)
             stats["shard"].append(int(shard))
-            stats["documents"].append(int(pc.sum(part.column(DOCUMENTS)).as_py() or 0))
+            stats["documents"].append(int(pc.sum(part.column(C.DOCUMENTS)).as_py() or 0))
             stats["rows_errored"].append(int(pc.sum(pc.is_valid(part.column(C.ERROR))).as_py() or 0))
             stats["tokens"].append(int(pc.sum(part.column(C.N_TOKENS)).as_py() or 0))
         return pa.table({k: pa.array(v, type=pa.int64()) for k, v in stats.items()})
 
 
-def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: int, file_metadata: dict[str, str],
-                   marker: dict, compression: str = "zstd") -> dict:
-    """Turn a shard's parts into its final files and marker; returns the marker. `compression`: the
-    Parquet codec of the result and error files (output.compression).
-    Raises ShardIncomplete when some of its `rows_read` rows are not in the parts."""
+@dataclass(frozen=True)
+class Finalizing:
+    """What every shard's finalisation in a run needs besides the shard: where and how its files are
+    written (`compression`: output.compression, the Parquet codec of result and error files), and what
+    each marker carries (fingerprint, spec fields, run id)."""
+
+    output: OutputDir
+    rows_per_file: int
+    compression: str = "zstd"
+    file_metadata: dict[str, str] = field(default_factory=dict)
+    marker: dict = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)  # shard key -> rows read by a limited run
+
+
+def finalize_shard(finalizing: Finalizing, key: str, rows_read: int, marker: dict) -> dict:
+    """Turn a shard's parts into its final files and marker (`marker` holds what the run and the shard
+    put in it); returns the marker. Raises ShardIncomplete when some of its `rows_read` rows are not
+    in the parts."""
+    output, rows_per_file, compression = finalizing.output, finalizing.rows_per_file, finalizing.compression
+    file_metadata = {**finalizing.file_metadata, **({"bert_batch.shard": marker["shard"]} if "shard" in marker else {})}
     table = _rows_once(output, key, rows_read)
     if table is None:  # an empty shard: done, with no files
         return _write_marker(output, key, {**marker, "rows": 0, "rows_written": 0, "rows_errored": 0,
@@ -100,12 +112,12 @@ def finalize_shard(output: OutputDir, key: str, rows_read: int, rows_per_file: i
     marker = {
         **marker,
         "rows": rows_read,
-        "rows_written": int(pc.sum(good.column(DOCUMENTS)).as_py() or 0),
+        "rows_written": int(pc.sum(good.column(C.DOCUMENTS)).as_py() or 0),
         "rows_errored": bad.num_rows,
         "output_rows": good.num_rows,
         "tokens": int(pc.sum(tokens).as_py() or 0),
         "padded_token_slots": int(pc.sum(good.column(C.PADDED_SLOTS)).as_py() or 0),
-        "windows": int(pc.sum(good.column(N_WINDOWS)).as_py() or 0),
+        "windows": int(pc.sum(good.column(C.N_WINDOWS)).as_py() or 0),
         "documents_truncated": int(pc.sum(pc.cast(good.column(C.TRUNCATED), pa.int64())).as_py() or 0),
         "largest_document_tokens": int(pc.max(tokens).as_py() or 0) if good.num_rows else 0,
         "duplicate_ids": duplicate_ids(table),
@@ -168,19 +180,6 @@ _LINE_PREFIX = re.compile(r"^line \d+: ")
 def top_reasons(errors: list[str], n: int = 5) -> dict[str, int]:
     """The most common error reasons, with the line number that makes each unique taken off."""
     return dict(Counter(_LINE_PREFIX.sub("", e) for e in errors).most_common(n))
-
-
-@dataclass(frozen=True)
-class Finalizing:
-    """What every shard's finalisation in a run needs besides the shard: where and how its files are
-    written, and what each marker carries (fingerprint, spec fields, run id)."""
-
-    output: OutputDir
-    rows_per_file: int
-    compression: str
-    file_metadata: dict[str, str]
-    marker: dict
-    limits: dict[str, int] = field(default_factory=dict)  # shard key -> rows read by a limited run
 
 
 class ShardCompletion:
@@ -265,9 +264,7 @@ class ShardCompletion:
         marker = {**f.marker, "shard": shard.path, "identity": shard.identity}
         if shard.key in f.limits:
             marker["limit"] = f.limits[shard.key]
-        return self.finalize.remote(f.output, shard.key, rows, f.rows_per_file,
-                                    {**f.file_metadata, "bert_batch.shard": shard.path}, marker,
-                                    compression=f.compression)
+        return self.finalize.remote(f, shard.key, rows, marker)
 
     def _collect(self, ref, final: bool) -> None:
         import ray

@@ -88,7 +88,7 @@ class Tokenize:
 
 
 _INTERNAL_TYPES = {C.SHARD: pa.int32(), C.ROW: pa.int64(), C.ERROR: pa.string(), C.N_TOKENS: pa.int64(),
-                   C.PADDED_SLOTS: pa.int64(), C.TRUNCATED: pa.bool_(), "_n_windows": pa.int64(), "_documents": pa.int64()}
+                   C.PADDED_SLOTS: pa.int64(), C.TRUNCATED: pa.bool_(), C.N_WINDOWS: pa.int64(), C.DOCUMENTS: pa.int64()}
 
 
 def _first_only(values: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -163,8 +163,8 @@ class Postprocess:
             C.N_TOKENS: _first_only(self._stat(batch, C.N_TOKENS)[document], first),
             C.PADDED_SLOTS: _first_only(self._stat(batch, C.PADDED_SLOTS)[document], first),
             C.TRUNCATED: _first_only(self._stat(batch, C.TRUNCATED).astype(bool)[document], first),
-            "_n_windows": _first_only(n_windows.astype(np.int64)[document], first),
-            "_documents": first.astype(np.int64),
+            C.N_WINDOWS: _first_only(n_windows.astype(np.int64)[document], first),
+            C.DOCUMENTS: first.astype(np.int64),
         }
         for name, values in internal.items():
             t = _INTERNAL_TYPES[name]

@@ -15,8 +15,6 @@ import pyarrow.compute as pc
 
 from pipeline import columns as C
 
-DOCUMENTS = "_documents"  # 1 on the first output row of each document (pipeline.stages.Postprocess)
-N_WINDOWS = "_n_windows"
 
 # Upper edges (inclusive) of the token-length buckets: <=16, 17-32, ..., 4097-8192, then 8193+.
 TOKEN_EDGES = tuple(2 ** k for k in range(4, 14))
@@ -59,9 +57,9 @@ def shard_stats(good: pa.Table) -> dict:
     (`label` column) or entities per type (`entities[].entity_group`); labels empty for other heads."""
     if good.num_rows == 0:
         return empty_stats()
-    first = pc.equal(good.column(DOCUMENTS), 1)
+    first = pc.equal(good.column(C.DOCUMENTS), 1)
     tokens = pc.filter(good.column(C.N_TOKENS), first).to_numpy()
-    windows = pc.filter(good.column(N_WINDOWS), first).to_numpy()
+    windows = pc.filter(good.column(C.N_WINDOWS), first).to_numpy()
     return {
         "document_tokens_histogram": _histogram(tokens, TOKEN_EDGES, TOKEN_BUCKETS),
         "windows_histogram": _histogram(windows, WINDOW_EDGES, WINDOW_BUCKETS),

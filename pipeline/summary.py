@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 from pipeline.output import PROGRESS, SUCCESS, SUMMARY, OutputDir
 from pipeline.report import write_report
@@ -84,25 +85,37 @@ def write_complete(output: OutputDir, summary: dict) -> None:
     output.remove([PROGRESS])
 
 
-def write_progress(output: OutputDir, status: str, *, run: dict, shards_total: int, done: list[str],
-                   failed: dict[str, str], reason: str | None = None, t: dict | None = None) -> bool:
+@dataclass
+class Progress:
+    """A run that has not finished (or is still running): what is done, what failed, and why it stopped."""
+
+    status: str  # running | incomplete (some shards not done) | failed (too many error rows)
+    run: dict  # what the run says about itself (run id, model, paths, shard counts)
+    shards_total: int
+    done: list[str]  # keys of the shards done
+    failed: dict[str, str]  # shard key -> why not
+    reason: str | None = None
+    t: dict | None = None  # totals over the done shards' markers
+
+    def record(self) -> dict:
+        """`_PROGRESS.json`'s content, and what the CLI prints on stdout when the run exits 1."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "shards": self.shards_total,
+            "shards_done": len(self.done),
+            "shards_failed": self.failed,
+            "shards_pending": self.shards_total - len(self.done) - len(self.failed),
+            **({k: self.t[k] for k in ("rows_read", "rows_written", "rows_errored", "top_errors")} if self.t else {}),
+            "updated_at": time.time(),
+            **self.run,
+        }
+
+
+def write_progress(output: OutputDir, progress: Progress) -> bool:
     """Best effort (True when written): when storage is failing, the run's own error says more."""
     try:
-        _write_progress(output, status, run, shards_total, done, failed, reason, t)
+        output.write_json(PROGRESS, progress.record())
         return True
     except Exception:  # noqa: BLE001 - the markers stay the record of what is done
         return False
-
-
-def _write_progress(output, status, run, shards_total, done, failed, reason, t) -> None:
-    output.write_json(PROGRESS, {
-        "status": status,
-        "reason": reason,
-        "shards": shards_total,
-        "shards_done": len(done),
-        "shards_failed": failed,
-        "shards_pending": shards_total - len(done) - len(failed),
-        **({k: t[k] for k in ("rows_read", "rows_written", "rows_errored", "top_errors")} if t else {}),
-        "updated_at": time.time(),
-        **run,
-    })

@@ -17,7 +17,7 @@ import pytest
 from pipeline import columns as C
 from pipeline.output import REPORT, SUCCESS, SUMMARY, OutputDir
 from pipeline.report import STAGE_COLORS, render_report
-from pipeline.sinks import WriteParts, finalize_shard
+from pipeline.sinks import Finalizing, WriteParts, finalize_shard
 from pipeline.stats import merge_stats
 from pipeline.summary import build_summary, totals, write_complete
 
@@ -65,8 +65,8 @@ def summary(tmp_path_factory) -> dict:
     write = WriteParts(out, {0: "a", 1: "b"})
     write(_postprocessed(0, a))
     write(_postprocessed(1, b))
-    ma = finalize_shard(out, "a", len(a), 100, {}, {"identity": {}})
-    mb = finalize_shard(out, "b", len(b), 100, {}, {"identity": {}})
+    ma = finalize_shard(Finalizing(out, 100), "a", len(a), {"identity": {}})
+    mb = finalize_shard(Finalizing(out, 100), "b", len(b), {"identity": {}})
     old = {k: v for k, v in mb.items() if k not in merge_stats([])}  # resumed: a marker from before the stats
     old["key"] = "c"
     t = totals([ma, mb, old])

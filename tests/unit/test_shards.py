@@ -12,10 +12,10 @@ import pytest
 
 from pipeline import columns as C
 from pipeline.markers import (
-    FingerprintMismatch, MarkerInvalid, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers,
+    FingerprintMismatch, MarkerInvalid, Request, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers,
 )
 from pipeline.output import OutputDir
-from pipeline.sinks import ShardIncomplete, WriteParts, finalize_shard
+from pipeline.sinks import Finalizing, ShardIncomplete, WriteParts, finalize_shard
 from pipeline.sources import Shard
 
 FIELDS = {"model.head": "token-classification", "head.aggregation_strategy": "simple"}
@@ -44,7 +44,8 @@ def _batch(shard: int, rows: list[int], tokens_per_doc: int = 1, error_rows=()) 
 
 
 def _finalize(out, key="a", rows=6, rows_per_file=4):
-    return finalize_shard(out, key, rows, rows_per_file, {"bert_batch.head": "x"}, {"identity": {}})
+    return finalize_shard(Finalizing(out, rows_per_file, file_metadata={"bert_batch.head": "x"}), key, rows,
+                          {"identity": {}})
 
 
 def test_parts_become_final_files_in_input_order_each_row_once(tmp_path):
@@ -111,9 +112,9 @@ def _marker(out, key, fields=FIELDS, size=10, files=None, name=None, **extra):
         "fingerprint": fingerprint(fields), "spec": fields, **counts, **extra})
 
 
-def _plan(out, shards, **kw):
+def _plan(out, shards, listed=None, **request):
     recorded = read_markers(out)
-    return plan_resume(out, keep_keys(shards, recorded.markers), FIELDS, recorded, **kw)
+    return plan_resume(out, keep_keys(shards, recorded.markers), FIELDS, recorded, Request(**request), listed)
 
 
 def test_resume_plan_skips_matching_shards_and_removes_only_the_jobs_own_files(tmp_path):

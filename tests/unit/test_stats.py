@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline.output import OutputDir
-from pipeline.sinks import WriteParts, finalize_shard
+from pipeline.sinks import Finalizing, WriteParts, finalize_shard
 from pipeline.stats import TOKEN_BUCKETS, WINDOW_BUCKETS, empty_stats, merge_stats, shard_stats
 from pipeline.summary import totals
 
@@ -96,12 +96,12 @@ def test_finalize_shard_puts_the_stats_in_the_marker_and_totals_merges_them(tmp_
              .append_column(C.PADDED_SLOTS, pa.array([0, 3, 0], pa.int64()))
              .append_column(C.TRUNCATED, pa.array([False, True, False])))
     WriteParts(out, {0: "a"})(batch)
-    marker = finalize_shard(out, "a", n, 10, {}, {"identity": {}})
+    marker = finalize_shard(Finalizing(out, 10), "a", n, {"identity": {}})
     assert marker["label_counts"] == {"PER": 2, "LOC": 1}  # the error row is not counted
     assert marker["document_tokens_histogram"]["<=16"] == 1 and marker["document_tokens_histogram"]["33-64"] == 1
     assert sum(marker["windows_histogram"].values()) == 2 == marker["rows_written"]
     assert json.loads((tmp_path / "_shards" / "a.json").read_text()) == marker
-    empty = finalize_shard(out, "empty", 0, 10, {}, {"identity": {}})
+    empty = finalize_shard(Finalizing(out, 10), "empty", 0, {"identity": {}})
     assert {k: empty[k] for k in empty_stats()} == empty_stats()
 
     old = {k: v for k, v in marker.items() if k not in empty_stats()}  # a marker from before the stats
