@@ -11,7 +11,7 @@
 # (tests/unit/test_kuberay_manifests.py checks that the four agree).
 
 # Ray 2.60.0 on Python 3.11 (Ubuntu, CUDA 12.8 + cuDNN), user `ray`, HOME /home/ray, Python in
-# /home/ray/anaconda3. Ray itself is already installed: `pip install .` keeps it (ray[data]>=2.40).
+# /home/ray/anaconda3. Ray itself is already installed: `pip install .` keeps it (ray[data]>=2.60,<2.61, the same 2.60.0).
 FROM rayproject/ray:2.60.0-py311-cu128
 
 # torch first, from PyTorch's CUDA 12.8 index (the base image's CUDA), so that the project's install
