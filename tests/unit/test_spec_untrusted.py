@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.spec import (  # noqa: E402
+from pipeline.spec import (
     MAX_SPEC_BYTES,
     MAX_SPEC_DEPTH,
     SpecError,
