@@ -149,7 +149,7 @@ def _tasks_nodes(cluster: LocalCluster, job_id: str) -> set[str]:
     kinds = {n.node_id: n.name for n in cluster.nodes}
     return {kinds.get(t.node_id, t.node_id) for t in list_tasks(
         address=cluster.dashboard_url, filters=[("job_id", "=", job_id), ("type", "=", "NORMAL_TASK")],
-        limit=10_000, raise_on_missing_output=False) if "_read_shards" in t.name or "_write_parts" in t.name}
+        limit=10_000, raise_on_missing_output=False) if "ReadShards" in t.name or "WritePartsMetered" in t.name}
 
 
 def _predict_tasks(cluster: LocalCluster, job_id: str) -> list:
