@@ -49,7 +49,7 @@ def test_a_rerun_with_nothing_to_do_starts_no_ray_and_keeps_the_report(tmp_path,
     first = _cli({"RAY_ADDRESS": ray_session}, "run", spec)
     assert first.returncode == 0, first.stderr
     # The phases before the first row, and where the results are at the end.
-    assert "starting Ray; loading the tokenizer" in first.stderr
+    assert "loading the tokenizer and checking the checkpoint\nstarting Ray\n" in first.stderr
     assert first.stderr.strip().splitlines()[-1] == f"done: results in {out}, report {out}/_REPORT.html"
     kept = {name: ((out / name).stat().st_mtime_ns, (out / name).read_bytes()) for name in ("_SUMMARY.json",
                                                                                              "_REPORT.html")}
