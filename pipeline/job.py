@@ -269,8 +269,7 @@ def _finalizing(job: Run) -> Finalizing:
         output=job.output, rows_per_file=spec.output.rows_per_file, compression=spec.output.compression,
         file_metadata={"bert_batch.model": spec.model.path, "bert_batch.model_revision": str(record["model_revision"]),
                        "bert_batch.head": spec.model.head, "bert_batch.fingerprint": record["fingerprint"]},
-        marker={"fingerprint": record["fingerprint"], "spec": job.fields, "run_id": record["run_id"]},
-        limits=job.limits)
+        fingerprint=record["fingerprint"], spec=job.fields, run_id=record["run_id"], limits=job.limits)
 
 
 def _finished(job: Run, completion: ShardCompletion | None = None, measured: dict | None = None,
@@ -298,7 +297,7 @@ def _finished(job: Run, completion: ShardCompletion | None = None, measured: dic
         if write_progress(output.impatient(), progress):
             error += f" (see {output.path}/_PROGRESS.json)"
         raise JobFailed(error, summary=progress.record())
-    tokens_this_run = sum(m["tokens"] for k, m in markers.items() if k not in plan.done)
+    tokens_this_run = sum(m.tokens for k, m in markers.items() if k not in plan.done)
     if job.limit is not None:
         run_info["limit"] = job.limit
     summary = build_summary(t, run=run_info, wall=time.time() - job.started, tokens_this_run=tokens_this_run,

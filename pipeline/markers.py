@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 
 from pipeline.errors import UserError
 from pipeline.output import (
@@ -52,7 +53,7 @@ def fingerprint(fields: dict) -> str:
 
 @dataclass
 class ResumePlan:
-    done: dict[str, dict] = field(default_factory=dict)  # shard key -> its marker
+    done: dict[str, Marker] = field(default_factory=dict)  # shard key -> its marker
     todo: list = field(default_factory=list)  # pipeline.sources.Shard
     retired: dict[str, str] = field(default_factory=dict)  # key of a vanished shard -> the input it was made from
     remove: list[str] = field(default_factory=list)  # relative names of the job's own files
@@ -62,7 +63,7 @@ class ResumePlan:
 class Recorded:
     """What the output folder holds of earlier runs: markers and pending records, each checked."""
 
-    markers: dict[str, dict] = field(default_factory=dict)  # shard key -> marker
+    markers: dict[str, Marker] = field(default_factory=dict)  # shard key -> marker
     pending: dict[str, list[str]] = field(default_factory=dict)  # shard key -> files it was about to write
 
 
@@ -71,20 +72,66 @@ def _own_file(rel, key: str) -> bool:
     return isinstance(rel, str) and re.fullmatch(rf"(?:{ERRORS_DIR}/)?{re.escape(key)}-\d{{5}}\.parquet", rel) is not None
 
 
-def _check_marker(rel: str, key: str, marker) -> dict:
-    where = f"{rel} (in output.path)"
-    if not isinstance(marker, dict) or marker.get("key") != key:
-        raise MarkerInvalid(f"{where} is not a marker of shard {key!r}")
-    if not isinstance(marker.get("shard"), str) or not isinstance(marker.get("identity"), dict) \
-            or not isinstance(marker.get("fingerprint"), str):
-        raise MarkerInvalid(f"{where} lacks the shard, identity or fingerprint a marker holds")
-    bad = [c for c in _COUNTS if type(marker.get(c)) is not int or marker[c] < 0]
-    bad += [c for c in _OPTIONAL_COUNTS if c in marker and (type(marker[c]) is not int or marker[c] < 0)]
-    if bad:
-        raise MarkerInvalid(f"{where} has no count {bad[0]!r} (a whole number)")
-    for name in ("files", "error_files"):
-        _check_names(where, key, marker.get(name))
-    return marker
+@dataclass(frozen=True)
+class Marker:
+    """A finished shard (`_shards/<key>.json`): every row of its input was written to `files` or
+    recorded in `error_files`. Written by pipeline.sinks.finalize_shard, read back by resume
+    (`read_markers`, which checks it) and added up by pipeline.summary.totals."""
+
+    key: str
+    shard: str  # the input file it was made from (pipeline.sources.Shard.path)
+    identity: dict  # that file's identity then (pipeline.sources._identity, or input.verify's digest)
+    fingerprint: str  # of the settings that change results
+    files: list[str]
+    error_files: list[str]
+    rows: int  # rows read
+    rows_written: int  # documents written
+    rows_errored: int
+    output_rows: int
+    tokens: int
+    padded_token_slots: int
+    windows: int
+    documents_truncated: int
+    largest_document_tokens: int
+    duplicate_ids: int = 0  # not in markers of earlier versions
+    top_errors: dict = field(default_factory=dict)
+    document_tokens_histogram: dict = field(default_factory=dict)  # pipeline.stats (empty in older markers)
+    windows_histogram: dict = field(default_factory=dict)
+    label_counts: dict = field(default_factory=dict)
+    spec: dict = field(default_factory=dict)  # the fingerprint's fields, to name the ones that differ
+    run_id: str = ""
+    limit: int | None = None  # rows of a --limit run's cut shard; None: the whole shard
+    finished_at: float = 0.0
+
+    def to_json(self) -> dict:
+        record = asdict(self)
+        if self.limit is None:
+            del record["limit"]
+        return record
+
+    @classmethod
+    def from_json(cls, rel: str, key: str, obj) -> "Marker":
+        """The marker `rel` holds, checked: it names its own shard and only that shard's files, and its
+        counts are whole numbers. Raises MarkerInvalid."""
+        where = f"{rel} (in output.path)"
+        if not isinstance(obj, dict) or obj.get("key") != key:
+            raise MarkerInvalid(f"{where} is not a marker of shard {key!r}")
+        if not isinstance(obj.get("shard"), str) or not isinstance(obj.get("identity"), dict) \
+                or not isinstance(obj.get("fingerprint"), str):
+            raise MarkerInvalid(f"{where} lacks the shard, identity or fingerprint a marker holds")
+        bad = [c for c in _COUNTS if type(obj.get(c)) is not int or obj[c] < 0]
+        bad += [c for c in _OPTIONAL_COUNTS if c in obj and (type(obj[c]) is not int or obj[c] < 0)]
+        if bad:
+            raise MarkerInvalid(f"{where} has no count {bad[0]!r} (a whole number)")
+        for name in ("files", "error_files"):
+            _check_names(where, key, obj.get(name))
+        kept = {f.name: obj[f.name] for f in dataclass_fields(cls) if f.name in obj}
+        for name in ("top_errors", "document_tokens_histogram", "windows_histogram", "label_counts", "spec"):
+            if not isinstance(kept.get(name, {}), dict):
+                raise MarkerInvalid(f"{where} has {name} that is not a mapping")
+        if not isinstance(kept.get("limit"), (int, type(None))) or isinstance(kept.get("limit"), bool):
+            raise MarkerInvalid(f"{where} has a limit that is not a whole number")
+        return cls(**kept)
 
 
 def _check_names(where: str, key: str, names) -> None:
@@ -117,24 +164,24 @@ def read_markers(output: OutputDir) -> Recorded:
                 _check_names(f"{rel} (in output.path)", key, obj.get("files"))
                 recorded.pending[key] = obj["files"]
             else:
-                recorded.markers[key] = _check_marker(rel, key, obj)
+                recorded.markers[key] = Marker.from_json(rel, key, obj)
         except MarkerInvalid as e:
             raise MarkerInvalid(f"output.path: {e}; the job did not write it so - move it out of "
                                 f"{output.path}/{MARKERS_DIR}, or use another output.path") from None
     return recorded
 
 
-def keep_keys(shards: list, markers: dict[str, dict]) -> list:
+def keep_keys(shards: list, markers: dict[str, Marker]) -> list:
     """The shards with the keys they keep: a shard that a marker was made from (by path) keeps that
     marker's key, so a file added beside it (`s00.parquet` beside `s00.jsonl`) never renames it; any
     other keeps its listing's key unless a marker holds that key for another file, when it takes one
     made unique by its path. Two markers of one path: the one under the listing's key, else the first."""
     held: dict[str, str] = {}  # input path -> the key of the first marker made from it
     for key in sorted(markers):
-        held.setdefault(markers[key]["shard"], key)
+        held.setdefault(markers[key].shard, key)
     kept = {}
     for s in shards:
-        if s.key in markers and markers[s.key]["shard"] == s.path:
+        if s.key in markers and markers[s.key].shard == s.path:
             kept[s.index] = s.key
         elif s.path in held:
             kept[s.index] = held[s.path]
@@ -172,7 +219,7 @@ def plan_resume(output: OutputDir, shards: list, fields: dict, recorded: Recorde
     fresh, retire, limits = request.fresh, request.retire, request.limits
     markers = recorded.markers
     listed = {s.key for s in shards} if listed is None else listed
-    vanished = {key: m["shard"] for key, m in markers.items() if key not in listed}
+    vanished = {key: m.shard for key, m in markers.items() if key not in listed}
     if vanished and not (retire or fresh):
         shown = ", ".join(f"{key} (from {path})" for key, path in sorted(vanished.items())[:3])
         raise VanishedShards(
@@ -182,9 +229,9 @@ def plan_resume(output: OutputDir, shards: list, fields: dict, recorded: Recorde
     ours = fingerprint(fields)
     if not fresh:
         for key, marker in markers.items():
-            if key in vanished or marker.get("fingerprint") == ours:
+            if key in vanished or marker.fingerprint == ours:
                 continue
-            theirs = marker.get("spec") if isinstance(marker.get("spec"), dict) else {}
+            theirs = marker.spec
             differ = sorted(k for k in set(theirs) | set(fields) if theirs.get(k) != fields.get(k))
             shown = ", ".join(f"{k} ({theirs.get(k)!r} there, {fields.get(k)!r} now)" for k in differ[:3])
             raise FingerprintMismatch(
@@ -195,8 +242,8 @@ def plan_resume(output: OutputDir, shards: list, fields: dict, recorded: Recorde
     plan = ResumePlan(retired=vanished)
     for shard in shards:
         marker = markers.get(shard.key)
-        if (not fresh and marker is not None and marker["shard"] == shard.path
-                and marker["identity"] == shard.identity and marker.get("limit") in (None, limits.get(shard.key))):
+        if (not fresh and marker is not None and marker.shard == shard.path
+                and marker.identity == shard.identity and marker.limit in (None, limits.get(shard.key))):
             plan.done[shard.key] = marker
         else:
             plan.todo.append(shard)
@@ -207,7 +254,7 @@ def plan_resume(output: OutputDir, shards: list, fields: dict, recorded: Recorde
     for key in sorted(redo):
         marker = markers.get(key)
         if marker is not None:
-            plan.remove += marker["files"] + marker["error_files"] + [marker_file(key)]
+            plan.remove += marker.files + marker.error_files + [marker_file(key)]
         if key in recorded.pending:
             plan.remove += recorded.pending[key]
     # A pending record outlives its marker only when a run died between the two: the record alone goes.

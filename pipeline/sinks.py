@@ -25,8 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import columns as C
+from pipeline.markers import Marker
 from pipeline.output import ERRORS_DIR, STAGING_DIR, OutputDir, marker_file, pending_file, result_file, root_cause
 from pipeline.progress import Snapshot
+from pipeline.sources import Shard
 from pipeline.stats import empty_stats, shard_stats
 
 # What the writer reports per shard and batch, for progress only (the markers are the record).
@@ -65,71 +67,72 @@ class WriteParts:
 class Finalizing:
     """What every shard's finalisation in a run needs besides the shard: where and how its files are
     written (`compression`: output.compression, the Parquet codec of result and error files), and what
-    each marker carries (fingerprint, spec fields, run id)."""
+    each marker says of the run (the fingerprint, its fields, the run id)."""
 
     output: OutputDir
     rows_per_file: int
     compression: str = "zstd"
     file_metadata: dict[str, str] = field(default_factory=dict)
-    marker: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    spec: dict = field(default_factory=dict)
+    run_id: str = ""
     limits: dict[str, int] = field(default_factory=dict)  # shard key -> rows read by a limited run
 
 
-def finalize_shard(finalizing: Finalizing, key: str, rows_read: int, marker: dict) -> dict:
-    """Turn a shard's parts into its final files and marker (`marker` holds what the run and the shard
-    put in it); returns the marker. Raises ShardIncomplete when some of its `rows_read` rows are not
-    in the parts."""
-    output, rows_per_file, compression = finalizing.output, finalizing.rows_per_file, finalizing.compression
-    file_metadata = {**finalizing.file_metadata, **({"bert_batch.shard": marker["shard"]} if "shard" in marker else {})}
-    table = _rows_once(output, key, rows_read)
-    if table is None:  # an empty shard: done, with no files
-        return _write_marker(output, key, {**marker, "rows": 0, "rows_written": 0, "rows_errored": 0,
-                                           "output_rows": 0, "tokens": 0, "padded_token_slots": 0, "windows": 0,
-                                           "documents_truncated": 0, "largest_document_tokens": 0,
-                                           "duplicate_ids": 0, "top_errors": {}, "files": [], "error_files": [],
-                                           **empty_stats()})
-    order = pc.sort_indices(table, sort_keys=[(C.ROW, "ascending")])  # stable: tokens stay in order
-    table = table.take(order)
-    is_error = pc.is_valid(table.column(C.ERROR))
-    good = table.filter(pc.invert(is_error))
-    bad = table.filter(is_error)
-    internal = [n for n in table.schema.names if n.startswith("_")]
-    results = good.drop_columns(internal).replace_schema_metadata(file_metadata)
-    errors = pa.table({
-        "id": bad.column(C.ID),
-        "error": bad.column(C.ERROR),
-        "shard": pa.array([key] * bad.num_rows, type=pa.string()),
-        "row": bad.column(C.ROW),
-    }).replace_schema_metadata(file_metadata)
-    files = _chunks(results, key, "", rows_per_file)
-    error_files = _chunks(errors, key, ERRORS_DIR + "/", rows_per_file)
-
-    # Record what is about to be written, so a crash in the middle leaves files a rerun can name.
-    output.write_json(pending_file(key), {"files": list(files) + list(error_files)})
-    for rel, chunk in {**files, **error_files}.items():
-        output.write_table(rel, chunk, compression=compression)
-    tokens = good.column(C.N_TOKENS)
-    marker = {
-        **marker,
-        "rows": rows_read,
-        "rows_written": int(pc.sum(good.column(C.DOCUMENTS)).as_py() or 0),
-        "rows_errored": bad.num_rows,
-        "output_rows": good.num_rows,
-        "tokens": int(pc.sum(tokens).as_py() or 0),
-        "padded_token_slots": int(pc.sum(good.column(C.PADDED_SLOTS)).as_py() or 0),
-        "windows": int(pc.sum(good.column(C.N_WINDOWS)).as_py() or 0),
-        "documents_truncated": int(pc.sum(pc.cast(good.column(C.TRUNCATED), pa.int64())).as_py() or 0),
-        "largest_document_tokens": int(pc.max(tokens).as_py() or 0) if good.num_rows else 0,
-        "duplicate_ids": duplicate_ids(table),
-        "top_errors": top_reasons(bad.column(C.ERROR).to_pylist()),
-        **shard_stats(good),
-        "files": list(files),
-        "error_files": list(error_files),
-    }
-    if marker["rows_written"] + marker["rows_errored"] != rows_read:  # a bug of ours, never silence
-        raise ShardIncomplete(f"{key}: {marker['rows_written']} written + {marker['rows_errored']} errored "
+def finalize_shard(finalizing: Finalizing, shard: Shard, rows_read: int) -> Marker:
+    """Turn a shard's parts into its final files and marker; returns the marker. Raises
+    ShardIncomplete when some of its `rows_read` rows are not in the parts."""
+    f, key = finalizing, shard.key
+    file_metadata = {**f.file_metadata, "bert_batch.shard": shard.path}
+    table = _rows_once(f.output, key, rows_read)
+    files: dict[str, pa.Table] = {}
+    error_files: dict[str, pa.Table] = {}
+    counts = dict.fromkeys(("rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
+                            "documents_truncated", "largest_document_tokens", "duplicate_ids"), 0)
+    stats, top_errors = empty_stats(), {}
+    if table is not None:  # None: an empty shard, done with no files
+        order = pc.sort_indices(table, sort_keys=[(C.ROW, "ascending")])  # stable: tokens stay in order
+        table = table.take(order)
+        is_error = pc.is_valid(table.column(C.ERROR))
+        good = table.filter(pc.invert(is_error))
+        bad = table.filter(is_error)
+        internal = [n for n in table.schema.names if n.startswith("_")]
+        results = good.drop_columns(internal).replace_schema_metadata(file_metadata)
+        errors = pa.table({
+            "id": bad.column(C.ID),
+            "error": bad.column(C.ERROR),
+            "shard": pa.array([key] * bad.num_rows, type=pa.string()),
+            "row": bad.column(C.ROW),
+        }).replace_schema_metadata(file_metadata)
+        files = _chunks(results, key, "", f.rows_per_file)
+        error_files = _chunks(errors, key, ERRORS_DIR + "/", f.rows_per_file)
+        # Record what is about to be written, so a crash in the middle leaves files a rerun can name.
+        f.output.write_json(pending_file(key), {"files": list(files) + list(error_files)})
+        for rel, chunk in {**files, **error_files}.items():
+            f.output.write_table(rel, chunk, compression=f.compression)
+        tokens = good.column(C.N_TOKENS)
+        counts = {
+            "rows_written": int(pc.sum(good.column(C.DOCUMENTS)).as_py() or 0),
+            "rows_errored": bad.num_rows,
+            "output_rows": good.num_rows,
+            "tokens": int(pc.sum(tokens).as_py() or 0),
+            "padded_token_slots": int(pc.sum(good.column(C.PADDED_SLOTS)).as_py() or 0),
+            "windows": int(pc.sum(good.column(C.N_WINDOWS)).as_py() or 0),
+            "documents_truncated": int(pc.sum(pc.cast(good.column(C.TRUNCATED), pa.int64())).as_py() or 0),
+            "largest_document_tokens": int(pc.max(tokens).as_py() or 0) if good.num_rows else 0,
+            "duplicate_ids": duplicate_ids(table),
+        }
+        stats, top_errors = shard_stats(good), top_reasons(bad.column(C.ERROR).to_pylist())
+    if counts["rows_written"] + counts["rows_errored"] != rows_read:  # a bug of ours, never silence
+        raise ShardIncomplete(f"{key}: {counts['rows_written']} written + {counts['rows_errored']} errored "
                               f"!= {rows_read} read")
-    return _write_marker(output, key, marker)
+    marker = Marker(key=key, shard=shard.path, identity=shard.identity, fingerprint=f.fingerprint, files=list(files),
+                    error_files=list(error_files), rows=rows_read, **counts, top_errors=top_errors, **stats,
+                    spec=f.spec, run_id=f.run_id, limit=f.limits.get(key), finished_at=time.time())
+    f.output.write_json(marker_file(key), marker.to_json())
+    f.output.remove([pending_file(key), *f.output.list(f"{STAGING_DIR}/{key}", ".parquet")])
+    f.output.prune(f"{STAGING_DIR}/{key}")
+    return marker
 
 
 def duplicate_ids(table: pa.Table) -> int:
@@ -141,14 +144,6 @@ def duplicate_ids(table: pa.Table) -> int:
     first[1:] = rows[1:] != rows[:-1]
     ids = table.column(C.ID).filter(pa.array(first))
     return int(ids.length() - ids.null_count - pc.count_distinct(ids, mode="only_valid").as_py())
-
-
-def _write_marker(output: OutputDir, key: str, marker: dict) -> dict:
-    marker = {**marker, "key": key, "finished_at": time.time()}
-    output.write_json(marker_file(key), marker)
-    output.remove([pending_file(key), *output.list(f"{STAGING_DIR}/{key}", ".parquet")])
-    output.prune(f"{STAGING_DIR}/{key}")
-    return marker
 
 
 def _rows_once(output: OutputDir, key: str, rows_read: int) -> pa.Table | None:
@@ -189,7 +184,7 @@ class ShardCompletion:
     in `markers`, and a shard that cannot be finished gets its reason in `failed`. At most
     `max_in_flight` shards are finalised at once (pipeline.placement)."""
 
-    def __init__(self, todo: list, done: dict[str, dict], finalizing: Finalizing, ledger, finalize,
+    def __init__(self, todo: list, done: dict[str, Marker], finalizing: Finalizing, ledger, finalize,
                  max_in_flight: int):
         self.finalizing = finalizing
         self.markers = dict(done)  # shard key -> marker: the earlier runs' and this run's
@@ -260,11 +255,7 @@ class ShardCompletion:
         return key in self.markers or key in self.failed
 
     def _submit(self, shard, rows: int):
-        f = self.finalizing
-        marker = {**f.marker, "shard": shard.path, "identity": shard.identity}
-        if shard.key in f.limits:
-            marker["limit"] = f.limits[shard.key]
-        return self.finalize.remote(f, shard.key, rows, marker)
+        return self.finalize.remote(self.finalizing, shard, rows)
 
     def _collect(self, ref, final: bool) -> None:
         import ray

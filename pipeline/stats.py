@@ -83,16 +83,16 @@ def _label_counts(good: pa.Table) -> dict[str, int]:
     return dict(sorted(pairs, key=lambda p: (-p[1], p[0])))
 
 
-def merge_stats(markers: list[dict]) -> dict:
-    """The stats of several shard markers added up; a marker without them (written before they
-    existed) counts as empty."""
+def merge_stats(markers: list) -> dict:
+    """The stats of several shard markers (pipeline.markers.Marker) added up; a marker without them
+    (written before they existed) counts as empty."""
     tokens = Counter(dict.fromkeys(TOKEN_BUCKETS, 0))
     windows = Counter(dict.fromkeys(WINDOW_BUCKETS, 0))
     labels: Counter = Counter()
     for m in markers:
-        tokens.update(m.get("document_tokens_histogram") or {})
-        windows.update(m.get("windows_histogram") or {})
-        labels.update(m.get("label_counts") or {})
+        tokens.update(m.document_tokens_histogram)
+        windows.update(m.windows_histogram)
+        labels.update(m.label_counts)
     return {
         "document_tokens_histogram": dict(tokens),
         "windows_histogram": dict(windows),

@@ -7,23 +7,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from pipeline.markers import Marker
 from pipeline.output import PROGRESS, SUCCESS, SUMMARY, OutputDir
 from pipeline.report import write_report
 from pipeline.stats import STATS_KEYS, merge_stats
 
 _SUMMED = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
-           "documents_truncated")
+           "documents_truncated", "duplicate_ids")
 
 
-def totals(markers: list[dict]) -> dict:
+def totals(markers: list[Marker]) -> dict:
     """Counts over shard markers."""
-    t = {k: sum(m[k] for m in markers) for k in _SUMMED}
+    t = {k: sum(getattr(m, k) for m in markers) for k in _SUMMED}
     t["rows_read"] = t.pop("rows")
-    t["largest_document_tokens"] = max((m["largest_document_tokens"] for m in markers), default=0)
-    t["duplicate_ids"] = sum(m.get("duplicate_ids", 0) for m in markers)  # markers before the count: none
+    t["largest_document_tokens"] = max((m.largest_document_tokens for m in markers), default=0)
     reasons: Counter = Counter()
     for m in markers:
-        reasons.update(m.get("top_errors", {}))
+        reasons.update(m.top_errors)
     t["top_errors"] = dict(reasons.most_common(5))
     t.update(merge_stats(markers))  # document_tokens_histogram, windows_histogram, label_counts
     return t

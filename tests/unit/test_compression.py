@@ -10,6 +10,7 @@ import pytest
 from pipeline.local import LocalRunner
 from pipeline.output import STAGING_DIR, OutputDir
 from pipeline.sinks import Finalizing, WriteParts, finalize_shard
+from pipeline.sources import Shard
 from pipeline.spec import spec_from_dict
 
 
@@ -44,8 +45,9 @@ def test_result_and_error_files_are_written_with_output_compression(tmp_path, ti
     WriteParts(out, {0: "docs"})(table)
     assert all(_codecs(tmp_path / p) == {"SNAPPY"} for p in out.list(f"{STAGING_DIR}/docs", ".parquet"))
     kwargs = {"compression": spec.output.compression} if compression else {}
-    marker = finalize_shard(Finalizing(out, 1000, file_metadata={"k": "v"}, **kwargs), "docs", 3, {})
-    assert marker["files"] == ["docs-00000.parquet"] and marker["error_files"] == ["_errors/docs-00000.parquet"]
-    for rel in marker["files"] + marker["error_files"]:
+    marker = finalize_shard(Finalizing(out, 1000, file_metadata={"k": "v"}, **kwargs),
+                            Shard(0, "docs.jsonl", "jsonl", key="docs"), 3)
+    assert marker.files == ["docs-00000.parquet"] and marker.error_files == ["_errors/docs-00000.parquet"]
+    for rel in marker.files + marker.error_files:
         assert _codecs(tmp_path / rel) == {codec}, rel
     assert pq.read_table(tmp_path / "docs-00000.parquet").column("id").to_pylist() == [1, 3]

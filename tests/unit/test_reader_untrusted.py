@@ -17,6 +17,7 @@ from pipeline.sources import (
     UTF8_BOM, Piece, ShardReader, ShardUnreadable, count_rows, list_shards, probe_id_type, shard_columns,
 )
 from pipeline.spec import InputSpec
+from pipeline.markers import Marker
 from pipeline.summary import build_summary, totals
 
 COLUMNS = {C.TEXT: "body"}
@@ -219,9 +220,11 @@ def test_duplicate_ids_count_documents_of_results_and_errors_together():
 
 
 def test_the_summary_sums_duplicate_ids_and_old_markers_count_none():
-    base = {"rows": 5, "rows_written": 5, "rows_errored": 0, "output_rows": 5, "tokens": 10,
+    base = {"key": "s", "shard": "s.jsonl", "identity": {}, "fingerprint": "f", "files": [], "error_files": [],
+            "rows": 5, "rows_written": 5, "rows_errored": 0, "output_rows": 5, "tokens": 10,
             "padded_token_slots": 0, "windows": 5, "documents_truncated": 0, "largest_document_tokens": 3}
-    t = totals([{**base, "duplicate_ids": 2}, {**base, "duplicate_ids": 1}, dict(base)])
+    old = Marker.from_json("_shards/s.json", "s", base)  # a marker from before the count
+    t = totals([Marker.from_json("_shards/s.json", "s", {**base, "duplicate_ids": n}) for n in (2, 1)] + [old])
     assert t["duplicate_ids"] == 3
     summary = build_summary(t, run={}, wall=1.0, tokens_this_run=30)
     assert summary["duplicate_ids"] == 3

@@ -44,8 +44,8 @@ def _batch(shard: int, rows: list[int], tokens_per_doc: int = 1, error_rows=()) 
 
 
 def _finalize(out, key="a", rows=6, rows_per_file=4):
-    return finalize_shard(Finalizing(out, rows_per_file, file_metadata={"bert_batch.head": "x"}), key, rows,
-                          {"identity": {}})
+    return finalize_shard(Finalizing(out, rows_per_file, file_metadata={"bert_batch.head": "x"}),
+                          Shard(0, f"{key}.jsonl", "jsonl", key=key), rows)
 
 
 def test_parts_become_final_files_in_input_order_each_row_once(tmp_path):
@@ -64,19 +64,20 @@ def test_parts_become_final_files_in_input_order_each_row_once(tmp_path):
     write(_batch(0, [0], tokens_per_doc=2))
 
     marker = _finalize(out)
-    assert marker["files"] == ["a-00000.parquet", "a-00001.parquet", "a-00002.parquet"]
-    assert marker["error_files"] == ["_errors/a-00000.parquet"]
-    assert (marker["rows"], marker["rows_written"], marker["rows_errored"], marker["output_rows"]) == (6, 5, 1, 10)
-    assert marker["tokens"] == 25 and marker["top_errors"] == {"text is empty": 1}
-    results = pa.concat_tables([pq.read_table(tmp_path / f) for f in marker["files"]])
-    assert [pq.read_table(tmp_path / f).num_rows for f in marker["files"]] == [4, 4, 2]
+    assert marker.files == ["a-00000.parquet", "a-00001.parquet", "a-00002.parquet"]
+    assert marker.error_files == ["_errors/a-00000.parquet"]
+    assert (marker.rows, marker.rows_written, marker.rows_errored, marker.output_rows) == (6, 5, 1, 10)
+    assert marker.tokens == 25 and marker.top_errors == {"text is empty": 1}
+    results = pa.concat_tables([pq.read_table(tmp_path / f) for f in marker.files])
+    assert [pq.read_table(tmp_path / f).num_rows for f in marker.files] == [4, 4, 2]
     assert results.column_names == ["id", "label"]
     assert results.column("id").to_pylist() == [0, 0, 1, 1, 2, 2, 4, 4, 5, 5]
     assert results.column("label").to_pylist() == ["t0", "t1"] * 5
-    assert pq.read_table(tmp_path / "a-00000.parquet").schema.metadata == {b"bert_batch.head": b"x"}
+    assert pq.read_table(tmp_path / "a-00000.parquet").schema.metadata == {b"bert_batch.head": b"x",
+                                                                       b"bert_batch.shard": b"a.jsonl"}
     errors = pq.read_table(tmp_path / "_errors" / "a-00000.parquet").to_pylist()
     assert errors == [{"id": 3, "error": "line 4: text is empty", "shard": "a", "row": 3}]
-    assert json.loads((tmp_path / "_shards" / "a.json").read_text()) == marker
+    assert json.loads((tmp_path / "_shards" / "a.json").read_text()) == marker.to_json()
     assert not (tmp_path / "_staging" / "a").exists() and not (tmp_path / "_shards" / "a.pending.json").exists()
     assert (tmp_path / "_staging" / "b").is_dir()  # shard b is still in flight, untouched
 
@@ -91,8 +92,8 @@ def test_a_part_with_rows_beyond_the_shard_is_refused(tmp_path):
 def test_an_empty_shard_is_done_with_no_files(tmp_path):
     out = OutputDir(str(tmp_path))
     marker = _finalize(out, key="empty", rows=0)
-    assert (marker["rows"], marker["files"], marker["error_files"]) == (0, [], [])
-    assert json.loads((tmp_path / "_shards" / "empty.json").read_text()) == marker
+    assert (marker.rows, marker.files, marker.error_files) == (0, [], [])
+    assert json.loads((tmp_path / "_shards" / "empty.json").read_text()) == marker.to_json()
 
 
 def _shard(tmp_path, key, size=10, index=0, name=None):

@@ -8,7 +8,9 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline.output import OutputDir
+from pipeline.markers import Marker
 from pipeline.sinks import Finalizing, WriteParts, finalize_shard
+from pipeline.sources import Shard
 from pipeline.stats import TOKEN_BUCKETS, WINDOW_BUCKETS, empty_stats, merge_stats, shard_stats
 from pipeline.summary import totals
 
@@ -73,11 +75,18 @@ def test_an_empty_table_gives_empty_stats():
     assert sum(empty_stats()["document_tokens_histogram"].values()) == 0 and empty_stats()["label_counts"] == {}
 
 
+def _marker(**stats) -> Marker:
+    return Marker.from_json("_shards/x.json", "x", {
+        "key": "x", "shard": "x.jsonl", "identity": {}, "fingerprint": "f", "files": [], "error_files": [],
+        **dict.fromkeys(("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots",
+                         "windows", "documents_truncated", "largest_document_tokens"), 0), **stats})
+
+
 def test_merge_adds_shards_and_treats_old_markers_without_stats_as_empty():
     a = shard_stats(_good([10, 300], windows=[1, 3], label=pa.array(["pos", "neg"])))
     b = shard_stats(_good([12], windows=[1], label=pa.array(["pos"])))
-    old = {"rows": 4, "tokens": 99}  # a marker written before the stats existed
-    merged = merge_stats([a, old, b, {"label_counts": None}])
+    old = _marker()  # a marker written before the stats existed
+    merged = merge_stats([_marker(**a), old, _marker(**b)])
     assert merged["document_tokens_histogram"]["<=16"] == 2 and merged["document_tokens_histogram"]["257-512"] == 1
     assert list(merged["document_tokens_histogram"]) == TOKEN_BUCKETS
     assert merged["windows_histogram"]["1"] == 2 and merged["windows_histogram"]["3"] == 1
@@ -96,15 +105,16 @@ def test_finalize_shard_puts_the_stats_in_the_marker_and_totals_merges_them(tmp_
              .append_column(C.PADDED_SLOTS, pa.array([0, 3, 0], pa.int64()))
              .append_column(C.TRUNCATED, pa.array([False, True, False])))
     WriteParts(out, {0: "a"})(batch)
-    marker = finalize_shard(Finalizing(out, 10), "a", n, {"identity": {}})
-    assert marker["label_counts"] == {"PER": 2, "LOC": 1}  # the error row is not counted
-    assert marker["document_tokens_histogram"]["<=16"] == 1 and marker["document_tokens_histogram"]["33-64"] == 1
-    assert sum(marker["windows_histogram"].values()) == 2 == marker["rows_written"]
-    assert json.loads((tmp_path / "_shards" / "a.json").read_text()) == marker
-    empty = finalize_shard(Finalizing(out, 10), "empty", 0, {"identity": {}})
-    assert {k: empty[k] for k in empty_stats()} == empty_stats()
+    marker = finalize_shard(Finalizing(out, 10), Shard(0, "a.jsonl", "jsonl", key="a"), n)
+    assert marker.label_counts == {"PER": 2, "LOC": 1}  # the error row is not counted
+    assert marker.document_tokens_histogram["<=16"] == 1 and marker.document_tokens_histogram["33-64"] == 1
+    assert sum(marker.windows_histogram.values()) == 2 == marker.rows_written
+    assert json.loads((tmp_path / "_shards" / "a.json").read_text()) == marker.to_json()
+    empty = finalize_shard(Finalizing(out, 10), Shard(1, "empty.jsonl", "jsonl", key="empty"), 0)
+    assert {k: getattr(empty, k) for k in empty_stats()} == empty_stats()
 
-    old = {k: v for k, v in marker.items() if k not in empty_stats()}  # a marker from before the stats
+    # A marker from before the stats, as resume reads it back.
+    old = Marker.from_json("_shards/a.json", "a", {k: v for k, v in marker.to_json().items() if k not in empty_stats()})
     t = totals([marker, empty, old])
     assert t["label_counts"] == {"PER": 2, "LOC": 1}
     assert t["document_tokens_histogram"]["<=16"] == 1 and sum(t["windows_histogram"].values()) == 2
