@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline import placement
-from pipeline.compose import POSTPROCESS_CPUS, TOKENIZE_CPUS, compose, in_blocks_of
+from pipeline.compose import POSTPROCESS_CPUS, TOKENIZE_CPUS, Stage, check_chain, compose, in_blocks_of
 from pipeline.spec import JobSpec, SpecError, load_spec, spec_from_dict
 
 ERROR_COLUMN = "error"  # apply's output: null, or why the row has no outputs
@@ -57,6 +57,7 @@ def apply(ds, spec: JobSpec | dict | str | Path):
     # Blocks of one batch, as in the job, cut in _Prepare's tasks.
     ds = in_blocks_of(ds, spec.batching.rows_per_batch, TOKENIZE_CPUS, spec.resources.cpu_stage_resources)
     placed = placement.fit(spec, _ray_cpus())
+    check_chain([*placed.stages, Stage("finish", _Finish, POSTPROCESS_CPUS)])
     ds = compose(ds, list(placed.stages), placed.spec)
     return ds.map_batches(_Finish(has_id, spec.input.id_column), batch_format="pyarrow", batch_size=None,
                           zero_copy_batch=True, num_cpus=POSTPROCESS_CPUS,
@@ -82,6 +83,8 @@ class _Prepare:
     inputs under their internal names, the other columns as carried columns, a row's problem (a null
     or empty text) in `_error`."""
 
+    columns = C.READ  # what check_chain starts from
+
     def __init__(self, spec, columns: dict[str, str], optional: tuple[str, ...], has_id: bool):
         self.columns = columns
         self.carried = list(spec.output.columns)
@@ -104,6 +107,8 @@ class _Prepare:
 class _Finish:
     """The stages' output -> apply's: internal columns dropped, `_error` as `error`, and the made-up
     ids dropped when the input had none."""
+
+    columns = C.StageColumns(reads=(C.ID, C.ERROR))
 
     def __init__(self, has_id: bool, id_column: str):
         self.has_id, self.id_column = has_id, id_column

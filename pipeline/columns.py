@@ -1,4 +1,9 @@
-"""Column names shared by the stages. Internal columns start with "_" and never reach the output."""
+"""Column names shared by the stages, and what each stage reads and adds of them (`StageColumns`).
+Internal columns start with "_" and never reach the output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 ID = "id"
 TEXT = "text"
@@ -27,3 +32,25 @@ N_WINDOWS = "_n_windows"  # int64: windows the document was cut into
 
 def out(name: str) -> str:
     return OUT_PREFIX + name
+
+
+@dataclass(frozen=True)
+class StageColumns:
+    """The internal columns a stage needs in its batches, and those its batches have after it;
+    `replaces`: its output is a new table with `adds` (and the head's output columns) only. The head's
+    own input and output columns (text, question, `_out_*`) are the head's business and not listed.
+    pipeline.compose.check_chain checks a list of stages against these before any work."""
+
+    reads: tuple[str, ...] = ()
+    adds: tuple[str, ...] = ()
+    replaces: bool = False
+
+    def then(self, after: "StageColumns") -> "StageColumns":
+        """This stage and then `after`, as one (the fused model stage)."""
+        needed = tuple(c for c in after.reads if c not in self.adds and c not in self.reads)
+        adds = after.adds if after.replaces else tuple(dict.fromkeys(self.adds + after.adds))
+        return StageColumns(self.reads + needed, adds, self.replaces or after.replaces)
+
+
+# What the reader (and apply's _Prepare) gives every row.
+READ = StageColumns(adds=(ID, SHARD, ROW, ERROR))

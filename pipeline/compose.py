@@ -84,12 +84,45 @@ def compose(ds, stages: list[Stage], spec, meter=None):
     return ds
 
 
+class ChainBroken(Exception):
+    """A stage would not find a column it reads: a bug in how the stages are put together."""
+
+
+def stage_columns(stage: Stage) -> C.StageColumns:
+    """What a stage description's callable declares (`columns`, or ModelStages' three as one)."""
+    fn = stage.fn
+    if fn is ModelStages:
+        return ModelStages.declared()
+    return getattr(fn, "columns", C.StageColumns())
+
+
+def check_chain(stages: list[Stage], start: C.StageColumns = C.READ) -> None:
+    """Each stage finds the internal columns it reads in what the reader (`start`) and the stages
+    before it add. Checked once, before any work: a break would otherwise show as a KeyError inside a
+    Ray actor minutes into a run."""
+    have = set(start.adds)
+    for stage in stages:
+        declared = stage_columns(stage)
+        missing = [c for c in declared.reads if c not in have]
+        if missing:
+            raise ChainBroken(f"stage {stage.name!r} reads {', '.join(missing)}, which no stage before it adds")
+        have = set(declared.adds) if declared.replaces else have | set(declared.adds)
+
+
 class ModelStages:
     """tokenize -> predict -> postprocess in one actor, one batch after the other. On a laptop the model
     takes every core and the CPU stages take a few per cent of its time, while an actor of their own
     costs more than their work: a process that imports torch and transformers and loads the
     tokenizer (about 5 CPU seconds each on 2 cores), and every batch through the object store twice.
     `_bound` runs its `parts` in order, each reporting under its own name."""
+
+    @classmethod
+    def declared(cls) -> C.StageColumns:
+        """What the three read and add, as one stage."""
+        from pipeline.predict import Predict
+        from pipeline.stages import Postprocess, Tokenize
+
+        return Tokenize.columns.then(Predict.columns).then(Postprocess.columns)
 
     def __init__(self, spec):
         from pipeline.predict import Predict

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pipeline import columns as C
 from pipeline import placement, preflight
-from pipeline.compose import READ_CPUS, Stage, column_sum, compose, in_blocks_of
+from pipeline.compose import READ_CPUS, Stage, check_chain, column_sum, compose, in_blocks_of
 from pipeline.errors import JobFailed, UserError
 from pipeline.lease import Lease
 from pipeline.ledger import ReadLedger
@@ -213,15 +214,17 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     read = ReadShards(reader, {s.index: s for s in todo}, pieces, job.limits, ledger, meter)
     write = WritePartsMetered(WriteParts(output, {s.index: s.key for s in todo}), meter)
     cpu_nodes = spec.resources.cpu_stage_resources
+    reading = Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy")
+    stages = [*placed.stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)]
+    check_chain([reading, *stages])
     # One loop over the stage descriptions: read -> the head's stages (as pipeline.apply) -> write.
     ds = ray.data.from_items([{"piece": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
-    ds = compose(ds, [Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy")],
-                 spec, meter)
+    ds = compose(ds, [reading], spec, meter)
     # A shard would leave its reader as one block (Ray Data's 128 MiB output buffer) and go from stage
     # to stage whole; cut into blocks of a batch, it streams (the model starts on the first batch; the
     # display and the markers move during a one-file run). The cut runs in the read tasks.
     ds = in_blocks_of(ds, spec.batching.rows_per_batch, READ_CPUS, cpu_nodes)
-    ds = compose(ds, [*placed.stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)], spec, meter)
+    ds = compose(ds, stages, spec, meter)
 
     completion = ShardCompletion(todo, job.plan.done, _finalizing(job), ledger, ray.remote(num_cpus=0)(finalize_shard),
                                  placed.finalize_in_flight)
@@ -363,6 +366,8 @@ class ReadShards:
     """The read stage (Ray tasks): each piece of a shard read into batches, capped at a --limit run's
     rows, its row count (or why it could not be read) reported to the ledger."""
 
+    columns = C.READ
+
     def __init__(self, reader: ShardReader, shards: dict, pieces: list[Piece], limits: dict[str, int], ledger, meter):
         self.reader, self.shards, self.pieces, self.limits = reader, shards, pieces, limits
         self.ledger, self.meter = ledger, meter
@@ -396,6 +401,8 @@ class ReadShards:
 
 class WritePartsMetered:
     """The write stage (Ray tasks): WriteParts, timed for the StageMeter."""
+
+    columns = WriteParts.columns
 
     def __init__(self, writer: WriteParts, meter):
         self.writer, self.meter = writer, meter

@@ -41,6 +41,8 @@ class Predict:
     """Callable over a `pyarrow.Table` batch of tokenized documents; adds one `_out_<name>` column per
     head output (per window, a flat list) and `_padded_slots`."""
 
+    columns = C.StageColumns(reads=(C.INPUT_IDS, C.TOKEN_TYPE_IDS), adds=(C.PADDED_SLOTS,))
+
     def __init__(self, spec, head=None, model=None, device: str | None = None):
         self.spec = spec
         self.head = head or load_head(spec)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from html import escape
+from typing import NamedTuple
 
 from pipeline.output import REPORT, OutputDir
 
@@ -86,55 +87,204 @@ def _tick(v: float) -> str:
 # --- charts -----------------------------------------------------------------------------------------
 
 W, H = 760, 260
+MARKS = 12  # markers per timeline line (at most)
 PAD_L, PAD_R, PAD_T, PAD_B = 56, 16, 12, 36
 HIST_H = 200
 
 
-def _line_chart(name: str, series: dict[str, list], bucket_seconds: float, unit: str) -> str:
-    """Rate per second over time, one step line (`polyline`, `data-stage`) per stage."""
+# Each stage's line keeps one look in every chart: its colour, a dash pattern and a marker shape (by its
+# place in the timeline), so lines that coincide stay told apart. The first is solid and widest, drawn
+# first; each later one is thinner, dashed, and drawn over it.
+STAGE_DASHES = ("", "10 4", "6 3", "2 3", "9 3 2 3", "4 2 1 2", "12 3 3 3", "1 2")
+STAGE_MARKERS = ("circle", "square", "triangle", "diamond", "triangle-down", "pentagon", "hexagon", "bar")
+
+
+def _dash(i: int) -> str:
+    return STAGE_DASHES[i % len(STAGE_DASHES)]
+
+
+def _marker(i: int) -> str:
+    return STAGE_MARKERS[i % len(STAGE_MARKERS)]
+
+
+def _width(i: int, n: int) -> float:
+    return 1.8 + 0.9 * max(n - 1 - i, 0)
+
+
+def _marker_path(shape: str, x: float, y: float, r: float = 4.6) -> str:
+    """One marker as an SVG path (subpath), centred on x, y."""
+    if shape == "circle":
+        return f"M{x - r:.1f},{y:.1f}a{r},{r} 0 1,0 {2 * r},0a{r},{r} 0 1,0 {-2 * r},0Z"
+    if shape == "square":
+        q = r * 0.85
+        return f"M{x - q:.1f},{y - q:.1f}h{2 * q:.1f}v{2 * q:.1f}h{-2 * q:.1f}Z"
+    if shape == "bar":
+        return f"M{x - r * 0.4:.1f},{y - r:.1f}h{r * 0.8:.1f}v{2 * r:.1f}h{-r * 0.8:.1f}Z"
+    sides, turn = {"triangle": (3, -90), "diamond": (4, -90), "triangle-down": (3, 90), "pentagon": (5, -90),
+                   "hexagon": (6, 0)}.get(shape, (4, -90))
+    pts = [(x + r * 1.15 * math.cos(math.radians(turn + 360 * k / sides)),
+            y + r * 1.15 * math.sin(math.radians(turn + 360 * k / sides))) for k in range(sides)]
+    return "M" + "L".join(f"{px:.1f},{py:.1f}" for px, py in pts) + "Z"
+
+
+def _legend(stages: list[str], order: list[str]) -> str:
+    """Each stage's line as drawn: colour, width, dash and marker."""
+    keys = []
+    for s in stages:
+        i = order.index(s)
+        dash = f' stroke-dasharray="{_dash(i)}"' if _dash(i) else ""
+        keys.append(f'<span class="key" data-stage="{esc(s)}"><svg class="sample" width="40" height="14" '
+                    f'viewBox="0 0 40 14" aria-hidden="true"><line x1="1" x2="39" y1="7" y2="7" '
+                    f'stroke="{_color(s, i)}" stroke-width="{_width(i, len(order)):.1f}"{dash}/>'
+                    f'<path d="{_marker_path(_marker(i), 20, 7, 4.2)}" fill="{_color(s, i)}" stroke="#fff" '
+                    f'stroke-width="1"/></svg>{esc(s)}</span>')
+    return f'<div class="legend">{"".join(keys)}</div>'
+
+
+def _seconds(value) -> float | None:
+    """A positive, finite number of seconds, or None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else None
+
+
+def _axis(s: dict, series: dict[str, list], bucket_seconds: float) -> _Axis:
+    """The time axis runs to the wall time: the buckets count from the run's start, and the last one
+    may end after it. A summary without a wall time, or whose buckets outrun it, ends at the last bucket."""
     n = max((len(v) for v in series.values()), default=0)
-    span = max(n * bucket_seconds, bucket_seconds)
-    rates = {s: [(x or 0) / bucket_seconds for x in v] for s, v in series.items()}
-    top = _nice_max(max((r for v in rates.values() for r in v), default=0.0))
+    wall = _seconds(s.get("wall_seconds"))
+    span = wall if wall is not None and wall > (n - 1) * bucket_seconds else max(n, 1) * bucket_seconds
+    return _Axis(bucket_seconds, span, s.get("wall_seconds") if span == wall else None, list(series))
+
+
+class _Axis(NamedTuple):
+    """A timeline chart's time axis: its buckets' width, its end (the wall time, `wall`, where the summary
+    has it) and the order of the stages, which sets each stage's look."""
+
+    bucket_seconds: float
+    span: float
+    wall: float | None
+    order: list[str]
+
+
+def _line_chart(name: str, series: dict[str, list], unit: str, axis: _Axis) -> str:
+    """Rate per second over time, one step line (`polyline`, `data-stage`) per stage, with its markers
+    (`path`, `data-marker`) over the lines. The x axis runs from 0 to `span` (the wall time): its last
+    tick says the wall time (`data-key="wall_seconds"`); a bucket that the axis cuts is a rate over the
+    part of it that is shown."""
+    bucket_seconds, span, wall, order = axis
+    rates = {}
+    for stage, v in series.items():
+        r = []
+        for b, x in enumerate(v):
+            shown = min(bucket_seconds, span - b * bucket_seconds)
+            # the last bucket may end after the run (cut at the wall time): its rows came in the part shown
+            r.append((x or 0) / max(shown, bucket_seconds / 4) if shown > 0 else None)
+        rates[stage] = r
+    top = _nice_max(max((r for v in rates.values() for r in v if r is not None), default=0.0))
     iw, ih = W - PAD_L - PAD_R, H - PAD_T - PAD_B
 
     def px(t: float) -> float:
-        return PAD_L + iw * t / span
+        return PAD_L + iw * min(t, span) / span
 
     def py(r: float) -> float:
         return PAD_T + ih * (1 - r / top)
 
-    parts = [f'<svg class="chart" data-chart="{esc(name)}" viewBox="0 0 {W} {H}" role="img" '
-             f'aria-label="{esc(unit)} per stage over time">']
+    parts = [f'<svg class="chart" data-chart="{esc(name)}" data-span="{span:g}" viewBox="0 0 {W} {H}" '
+             f'role="img" aria-label="{esc(unit)} per stage over time">']
     for k in range(5):  # horizontal grid and y ticks
         v = top * k / 4
         y = py(v)
         parts.append(f'<line class="grid" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}"/>'
                      f'<text class="tick" x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{_tick(v)}</text>')
     step = _nice_max(span / 6)
-    t = 0.0
-    while t <= span + 1e-9:  # x ticks, seconds since the run started
+    ticks = [k * step for k in range(int(span / step) + 1) if k == 0 or k * step <= span - 0.35 * step]
+    for t in ticks:  # x ticks, seconds since the run started; the last one, the end, below
         x = px(t)
         parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{H - PAD_B}" y2="{H - PAD_B + 4}"/>'
-                     f'<text class="tick" x="{x:.1f}" y="{H - PAD_B + 16}" text-anchor="middle">{_tick(t)}</text>')
-        t += step
+                     f'<text class="tick" data-t="{t:g}" x="{x:.1f}" y="{H - PAD_B + 16}" '
+                     f'text-anchor="middle">{_tick(t)}</text>')
+    x = px(span)
+    end = (f'<tspan data-key="wall_seconds" data-value="{esc(json.dumps(wall))}">{_num(float(wall))} s</tspan>'
+           if span == wall else _tick(span))  # a tspan: an HTML span would end the SVG
+    parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{PAD_T}" y2="{H - PAD_B + 4}"/>'
+                 f'<text class="tick end" data-t="{span:g}" x="{x:.1f}" y="{H - PAD_B + 16}" '
+                 f'text-anchor="end"><title>the run\'s end (its wall time)</title>{end}</text>')
     parts.append(f'<text class="axis-title" x="{PAD_L + iw / 2}" y="{H - 4}" text-anchor="middle">'
                  f'seconds since the run started</text>'
                  f'<line class="axis" x1="{PAD_L}" x2="{W - PAD_R}" y1="{H - PAD_B}" y2="{H - PAD_B}"/>')
-    for i, (stage, v) in enumerate(rates.items()):
-        pts = []
+    markers = []
+    gap = span / MARKS  # a marker every `gap` seconds on each line, each stage's at its own offset
+    for stage, v in rates.items():
+        i = order.index(stage)
+        color, dash = _color(stage, i), _dash(i)
+        pts, marks = [], []
         for b, r in enumerate(v):
-            pts += [f"{px(b * bucket_seconds):.1f},{py(r):.1f}", f"{px((b + 1) * bucket_seconds):.1f},{py(r):.1f}"]
-        peak = max(v, default=0.0)
-        # Earlier stages are drawn wider, under the later ones: lines that coincide stay visible.
-        width = 1.8 + 0.9 * (len(rates) - 1 - i)
-        parts.append(f'<polyline data-stage="{esc(stage)}" fill="none" stroke="{_color(stage, i)}" '
-                     f'stroke-width="{width:.1f}" stroke-linejoin="round" points="{" ".join(pts)}">'
+            if r is None:
+                break
+            t0, t1 = b * bucket_seconds, min((b + 1) * bucket_seconds, span)
+            pts += [f"{px(t0):.1f},{py(r):.1f}", f"{px(t1):.1f},{py(r):.1f}"]
+        for k in range(MARKS):  # on the flat of a step, where its rate is above 0: coinciding lines
+            t = gap * (k + (i + 1) / (len(order) + 1))  # show each stage's marker in turn
+            b = int(t // bucket_seconds)
+            if b < len(v) and v[b] and min(t - b * bucket_seconds, (b + 1) * bucket_seconds - t) > 0.04 * gap:
+                marks.append(_marker_path(_marker(i), px(t), py(v[b])))
+        peak = max((r for r in v if r is not None), default=0.0)
+        # The first stage is the widest and solid, under the later ones, which are thinner and dashed.
+        parts.append(f'<polyline data-stage="{esc(stage)}" fill="none" stroke="{color}" '
+                     f'stroke-width="{_width(i, len(order)):.1f}" stroke-linejoin="round"'
+                     + (f' stroke-dasharray="{dash}"' if dash else "") + f' points="{" ".join(pts)}">'
                      f'<title>{esc(stage)}: peak {_num(float(peak))} {esc(unit)}</title></polyline>')
+        markers.append(f'<path class="marker" data-stage="{esc(stage)}" data-marker="{_marker(i)}" '
+                       f'fill="{color}" stroke="#fff" stroke-width="1" d="{"".join(marks)}"/>')
+    parts += markers  # over every line
     parts.append("</svg>")
-    legend = "".join(f'<span class="swatch" style="background:{_color(s, i)}"></span>{esc(s)}'
-                     for i, s in enumerate(rates))
-    return f'<div class="legend">{legend}</div>{"".join(parts)}'
+    return _legend(list(rates), order) + "".join(parts)
+
+
+BUSY_W, BUSY_ROW, BUSY_L, BUSY_R = 300, 28, 84, 52
+
+
+def _busy_chart(stages: dict, wall) -> str:
+    """Busy seconds per stage (summed over its workers): one bar (`g` with `data-stage`,
+    `data-busy-seconds`) per stage, its seconds written at its end, and the wall time as a dashed line."""
+    items = [(s, float((st or {}).get("busy_seconds") or 0.0)) for s, st in stages.items()]
+    has_wall = _seconds(wall) is not None
+    top = _nice_max(max([b for _, b in items] + ([float(wall)] if has_wall else []), default=0.0))
+    pad_t, pad_b = 18, 30
+    h = pad_t + BUSY_ROW * len(items) + pad_b
+    iw = BUSY_W - BUSY_L - BUSY_R
+
+    def px(v: float) -> float:
+        return BUSY_L + iw * v / top
+
+    parts = [f'<svg class="chart busy" data-chart="busy" viewBox="0 0 {BUSY_W} {h}" role="img" '
+             f'aria-label="busy seconds per stage">']
+    for k in range(3):
+        v = top * k / 2
+        parts.append(f'<line class="grid" x1="{px(v):.1f}" x2="{px(v):.1f}" y1="{pad_t}" y2="{h - pad_b}"/>'
+                     f'<text class="tick" x="{px(v):.1f}" y="{h - pad_b + 14}" text-anchor="middle">{_tick(v)}</text>')
+    for i, (stage, busy) in enumerate(items):
+        y = pad_t + i * BUSY_ROW
+        st = stages[stage] or {}
+        share = f", {100 * busy / wall:.0f}% of the wall time" if has_wall else ""
+        rate = f"; {_num(st['rows_per_second'])} rows per busy second" if st.get("rows_per_second") else ""
+        parts.append(
+            f'<g data-stage="{esc(stage)}" data-busy-seconds="{esc(json.dumps(st.get("busy_seconds")))}">'
+            f'<title>{esc(stage)}: busy {_num(busy)} s, summed over its workers{share}{rate}</title>'
+            f'<text class="tick" x="{BUSY_L - 6}" y="{y + BUSY_ROW / 2 + 4:.1f}" text-anchor="end">{esc(stage)}</text>'
+            f'<rect class="busybar" x="{BUSY_L}" y="{y + 5}" width="{px(busy) - BUSY_L:.1f}" height="{BUSY_ROW - 10}" '
+            f'fill="{_color(stage, i)}" shape-rendering="crispEdges"/>'
+            f'<text class="count" x="{px(busy) + 4:.1f}" y="{y + BUSY_ROW / 2 + 4:.1f}">{_num(busy)} s</text>'
+            "</g>")
+    if has_wall:
+        x = px(float(wall))
+        parts.append(f'<line class="wall" x1="{x:.1f}" x2="{x:.1f}" y1="{pad_t - 4}" y2="{h - pad_b}"/>'
+                     f'<text class="tick" x="{x:.1f}" y="{pad_t - 7}" text-anchor="middle">wall {_num(float(wall))} s'
+                     '</text>')
+    parts.append(f'<line class="axis" x1="{BUSY_L}" x2="{BUSY_L}" y1="{pad_t}" y2="{h - pad_b}"/>'
+                 f'<text class="axis-title" x="{BUSY_L + iw / 2}" y="{h - 4}" text-anchor="middle">busy seconds</text>'
+                 "</svg>")
+    return "".join(parts)
 
 
 def _bar_chart(name: str, counts: dict[str, int], what: str) -> str:
@@ -213,16 +363,22 @@ def _throughput(s: dict) -> str:
     bucket = timeline.get("bucket_seconds") or 0
     rows = {k: v for k, v in (timeline.get("rows") or {}).items() if v}
     tokens = {k: v for k, v in (timeline.get("tokens") or {}).items() if v}
-    out = ['<section><h2>Throughput over time</h2>']
+    out = ['<section><h2>Throughput over time</h2><div class="timing"><div>']
     if rows and bucket > 0:
+        axis = _axis(s, rows, bucket)
         out.append(f'<h3>rows / s per stage <small>({_num(float(bucket), 1)} s buckets)</small></h3>')
-        out.append(_line_chart("rows", rows, bucket, "rows/s"))
+        out.append(_line_chart("rows", rows, "rows/s", axis))
         if tokens:
             out.append('<h3>tokens / s per stage</h3>')
-            out.append(_line_chart("tokens", tokens, bucket, "tokens/s"))
+            out.append(_line_chart("tokens", tokens, "tokens/s", axis._replace(order=[*axis.order, *(t for t in tokens if t not in axis.order)])))
     else:
         out.append('<p class="none">No stage timing in this summary: this run computed nothing (every shard '
                    'was done already), or the summary predates stage timing.</p>')
+    out.append("</div>")
+    if any(isinstance(st, dict) and st.get("busy_seconds") for st in stages.values()):
+        out.append('<div><h3>busy time per stage <small>(summed over its workers)</small></h3>'
+                   f'{_busy_chart(stages, s.get("wall_seconds"))}</div>')
+    out.append("</div>")
     if stages:
         fields = ("rows", "tokens", "busy_seconds", "rows_per_second", "tokens_per_second")
         head = "".join(f"<th>{esc(f.replace('_', ' '))}</th>" for f in fields)
@@ -342,7 +498,10 @@ section{margin:28px 0}.status{font-size:13px;vertical-align:middle;padding:2px 1
 .chart .tick{font-size:11px;fill:var(--mut)}.chart .axis-title{font-size:12px;fill:var(--mut)}
 .chart .bar{fill:var(--accent)}.chart g:hover .bar{fill:#2f5d8a}.chart .count{font-size:11px;fill:var(--fg)}
 .legend{margin:2px 0 4px}.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin:0 5px 0 12px;
-vertical-align:-1px}.legend .swatch:first-child{margin-left:0}
+vertical-align:-1px}.legend .key{margin-right:14px;white-space:nowrap}.legend .sample{vertical-align:-2px;margin-right:4px}
+.timing{display:grid;grid-template-columns:minmax(0,1fr) 300px;gap:0 24px;align-items:start}
+@media (max-width:860px){.timing{grid-template-columns:minmax(0,1fr)}}
+.chart .tick.end{fill:var(--fg);font-weight:600}.chart .wall{stroke:var(--fg);stroke-dasharray:4 3}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}th,td{padding:5px 8px;
 border-bottom:1px solid #eaeef2;text-align:right}th:first-child,td:first-child{text-align:left}
 thead th{color:var(--mut);font-weight:600;font-size:12px}.labels .barcell{width:45%}

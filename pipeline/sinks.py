@@ -42,6 +42,10 @@ class ShardIncomplete(RuntimeError):
 class WriteParts:
     """Writer stage: one part per shard in the batch; returns one row of counts per shard."""
 
+    # What finalize_shard reads back from the parts besides the head's output columns.
+    columns = C.StageColumns(reads=(C.ID, C.SHARD, C.ROW, C.ERROR, C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED,
+                                    C.N_WINDOWS, C.DOCUMENTS))
+
     def __init__(self, output: OutputDir, shard_keys: dict[int, str]):
         self.output = output
         self.shard_keys = shard_keys

@@ -371,6 +371,94 @@ def _load_yaml(text: str) -> Any:
         loader.dispose()
 
 
+_CLOSERS = {"[": ("]", "list"), "{": ("}", "mapping")}
+
+
+def _yaml_words(e: yaml.YAMLError, text: str) -> tuple[Any, str]:
+    """A YAML syntax error as (the mark to point at, or None; what is wrong and what to do, in plain
+    words), instead of PyYAML's parser states ("expected <block end>, but found '<block mapping
+    start>'"). Anything not recognised keeps PyYAML's problem text."""
+    if isinstance(e, yaml.reader.ReaderError):  # a control character, found before any parsing
+        before = text[: e.position]
+        mark = yaml.Mark("", e.position, before.count("\n"), e.position - (before.rfind("\n") + 1), None, None)
+        code = e.character if isinstance(e.character, int) else ord(e.character[:1] or "\0")
+        return mark, f"a control character (U+{code:04X}) that YAML does not allow; remove it"
+    problem = str(getattr(e, "problem", None) or "")
+    context = str(getattr(e, "context", None) or "")
+    mark, opened = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    lines = text.splitlines()
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    at = f"line {opened.line + 1}, column {opened.column + 1}" if opened is not None else "above"
+    found = re.search(r"(?:found|got|character|tag) '(.*?)'(?: that cannot start any token)?$", problem)
+    found = found.group(1) if found else ""
+    if "cannot start any token" in problem:
+        if found == "\\t":
+            return mark, "a tab; YAML indents and separates with spaces only: replace the tab with spaces"
+        return mark, f"a value cannot start with {found}; put the value in quotes ('{found}...')"
+    if context == "while scanning a quoted scalar" and opened is not None:
+        quote = text[opened.index] if opened.index < len(text) else '"'
+        return opened, f"this {quote} is never closed; end the value with {quote} on the same line"
+    if "escape" in problem and "double-quoted" in context:
+        if problem.startswith("found unknown escape character") and mark.column > 0:  # at the backslash
+            mark = yaml.Mark(mark.name, mark.index - 1, mark.line, mark.column - 1, None, None)
+        return mark, ("a backslash in double quotes starts an escape (\\n, \\t), and this is none; use single "
+                      "quotes for text with backslashes ('C:\\dir'), or double the backslash")
+    if problem == "mapping values are not allowed here":
+        if ": " in line[: mark.column] or line[: mark.column].endswith(":"):
+            return mark, ("a second `:` on this line; a value that holds `: ` must be quoted (key: \"a: b\"), "
+                          "and a section's keys go on lines of their own, indented under it")
+        if mark.column >= 1024:
+            return mark, "a key longer than YAML allows (1,024 characters); shorten it"
+        return mark, ("this key is indented under a line that already has a value; line it up with the keys "
+                      "above it, or, for a section, leave the value off the line above")
+    if problem == "could not find expected ':'" and opened is not None:
+        return opened, ("this line is neither `key: value` nor part of the value above it; add `: ` after the "
+                        "key, or indent it under its key")
+    if problem.startswith("expected <block end>"):
+        if found == "<block mapping start>":
+            spaces = f"{mark.column} space{'' if mark.column == 1 else 's'}"
+            return mark, (f"this line is indented {spaces}, which lines up with no key above it; start the keys "
+                          "of one section in the same column, with spaces")
+        if found == "-":
+            return mark, ("a list item (`- `) where a key was expected; put the list under its key (`key:`, then "
+                          "the items indented under it)")
+        if found == "?" and "collection" in context:
+            return mark, "a `key:` among list items (`- `); a section holds either keys or `- ` items, not both"
+        if found == "<scalar>":
+            return mark, ("text after a complete value; put the whole value in its quotes, or the key on a line "
+                          "of its own")
+    if context in ("while parsing a flow sequence", "while parsing a flow mapping") and opened is not None:
+        bracket = text[opened.index] if opened.index < len(text) else "["
+        closer, what = _CLOSERS.get(bracket, ("]", "list"))
+        if found == ":":
+            return mark, (f"a `: ` inside the {bracket} {what} opened at {at}; quote the value that holds it "
+                          f"(\"a: b\"), or close the {what} with {closer} before it")
+        if found in ("]", "}"):
+            return mark, f"{found} closes the {bracket} {what} opened at {at}; close it with {closer}"
+        if found == "<stream end>":
+            return opened, f"this {bracket} {what} is never closed; end it with {closer}"
+        return mark, f"the {bracket} {what} opened at {at} is never closed; end it with {closer}"
+    if problem.startswith("expected the node content"):
+        return mark, f"a value was expected here, not {found}; put the value in quotes if it starts with {found}"
+    if problem == "but found another document":
+        return mark, "a second YAML document (`---`); a spec is one document: remove the line and what follows"
+    if problem.startswith("could not determine a constructor for the tag"):
+        tag = re.sub(r"^tag:yaml\.org,2002:", "!!", found)
+        return mark, (f"the tag {_clip(tag, 60)} is not supported; a spec holds plain values (text, numbers, "
+                      "true/false, lists and mappings)")
+    if problem == "found unhashable key":
+        return mark, "a list or mapping as a key; a key is a plain word (quote it if it starts with [ or {)"
+    if "alphabetic or numeric" in problem and context in ("while scanning an anchor", "while scanning an alias"):
+        return opened or mark, "& and * start YAML anchors and aliases; quote a value that starts with them"
+    if context == "while scanning a block scalar":
+        return mark, "only + or - or a digit may follow | or > on its line; put the text on the lines below, indented"
+    if problem.startswith("expected '<document start>'") or "YAML directive" in problem:
+        return mark, "a line starting with % (this one or one above) is a YAML directive, which a spec does not take; remove it"
+    if "for merging" in problem:
+        return mark, "`<<:` (a YAML merge key) takes a mapping; write the keys out instead"
+    return mark, problem or type(e).__name__
+
+
 # userinfo in a URL: scheme://user:password@host (or //user@host): the part before the host's `@`.
 _USERINFO = re.compile(r"((?:\b[A-Za-z][A-Za-z0-9+.-]*:)?//)([^/?#@\s'\"]*)@")
 
@@ -493,6 +581,19 @@ def _close(word: Any, choices: list[str]) -> str | None:
 _HEAD_ALIASES = {alias: entry.name for entry in HEADS for alias in entry.aliases}
 
 
+def _alias_head(word: str) -> str | None:
+    """The head whose alias `word` is one word of (sentiment: sentiment-analysis), or a close misspelling
+    of; None when no one head fits."""
+    import difflib
+
+    key = word.lower().replace("_", "-").replace(" ", "-")
+    heads = {head for alias, head in _HEAD_ALIASES.items() if key in alias.split("-")}
+    if len(heads) == 1:
+        return heads.pop()
+    found = difflib.get_close_matches(key, list(_HEAD_ALIASES), n=1, cutoff=0.8)
+    return _HEAD_ALIASES[found[0]] if found else None
+
+
 def _section_model(loc: tuple) -> type[BaseModel] | None:
     """The model of the section at `loc` (as pydantic gives it; () is the whole spec), or None when
     `loc` is not a section."""
@@ -577,6 +678,8 @@ def _not_a_choice(loc: tuple, dotted: str, value: Any, expected: str) -> str:
     match = _close(value, choices)
     if loc == ("model", "head") and isinstance(value, str):
         match = _HEAD_ALIASES.get(value.lower().replace("_", "-"), _HEAD_ALIASES.get(value.lower(), match))
+        if match is None:  # a word of, or a typo of, a name people try (sentiment: sentiment-analysis)
+            match = _alias_head(value)
     hint = f" (did you mean {match}?)" if match else ""
     return f"{dotted}: {_show(value)} is not {noun}; choose one of {', '.join(choices)}{hint}"
 
@@ -713,12 +816,12 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         data = _load_yaml(text) or {}
     except _Refused as e:
         mark = e.problem_mark
-        raise SpecError(f"{path}: {e.problem} (line {mark.line + 1}, column {mark.column + 1})") from None
+        raise SpecError(f"{path} line {mark.line + 1}, column {mark.column + 1}: {e.problem}") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise SpecError(_guard(f"{path}: not valid YAML{where} ({problem})")) from None
+        # One line, "spec.yaml line L, column C: what is wrong; what to do", in plain words.
+        mark, words = _yaml_words(e, text)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SpecError(_guard(f"{path}{where}: {words} (not valid YAML)")) from None
     except RecursionError:  # not expected past _SpecLoader's depth cap: one sentence all the same
         raise SpecError(f"{path}: values nested too deeply to read; a spec needs a few levels") from None
     except ValueError as e:  # a value YAML reads but Python cannot hold

@@ -58,6 +58,8 @@ def _good_rows(batch: pa.Table, good: np.ndarray) -> pa.Table:
 class Tokenize:
     """CPU stage: text -> windows of token ids (never padded; padding happens per micro-batch)."""
 
+    columns = C.StageColumns(reads=(C.ERROR,), adds=(C.INPUT_IDS, C.TOKEN_TYPE_IDS, C.N_TOKENS, C.TRUNCATED))
+
     def __init__(self, spec, head=None):
         self.head = head or load_head(spec)
         self.fields = COMMON_ENCODE_FIELDS + self.head.encode_schema()
@@ -98,6 +100,11 @@ def _first_only(values: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 class Postprocess:
     """CPU stage: per-window model outputs -> output rows (one per document, or one per token)."""
+
+    columns = C.StageColumns(
+        reads=(C.ID, C.SHARD, C.ROW, C.ERROR, C.INPUT_IDS, C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED),
+        adds=(C.ID, C.SHARD, C.ROW, C.ERROR, C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED, C.N_WINDOWS, C.DOCUMENTS),
+        replaces=True)
 
     def __init__(self, spec, head=None):
         self.head = head or load_head(spec)

@@ -85,6 +85,23 @@ def test_laptop_spec_is_the_demo_ner_job():
     assert spec.model.max_length == 128
 
 
+def test_embeddings_spec_is_a_laptop_run_without_a_cluster(monkeypatch):
+    # Issue 21: jobs/embeddings.yaml sized its pools (cpus_per_actor: 2), which switched the faster
+    # laptop mode off. With no Ray running and no cluster to attach to, it is a laptop run.
+    import ray
+    import ray._private.utils
+
+    from pipeline import placement
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda *a, **k: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    spec = load_spec(REPO_ROOT / "jobs" / "embeddings.yaml")
+    assert not placement.spec_sizes_pools(spec)
+    assert placement.is_laptop(spec)
+    assert spec.model.head == "embedding" and spec.output.path == "out/embeddings"
+
+
 def test_ner_extraction_spec_runs_on_gpus_from_s3():
     spec = load_spec(REPO_ROOT / "jobs" / "ner_extraction.yaml")
     assert spec.input.path.startswith("s3://") and spec.output.path.startswith("s3://")

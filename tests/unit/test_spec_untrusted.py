@@ -118,7 +118,8 @@ def _deep_block(depth: int) -> str:
         (BASE.replace("path: out", "path: 2026-02-30"), "a value cannot be read (day is out of range for month)"),
         (BASE + "# " + "x" * MAX_SPEC_BYTES + "\n", "a spec is a short YAML file"),
         (BASE.encode() + b"# \xff\n", "not UTF-8 text"),
-        (BASE + f"  columns: !{'t' * 10_000} x\n", "(10,004 characters)"),
+        (BASE + f"  columns: !{'t' * 10_000} x\n", "the tag !tttt"),  # the tag cut to its start and length
+        (BASE + f"  columns: !{'t' * 10_000} x\n", "(10,001 characters) is not supported"),
         (BASE + f"  ? {'k' * 10_000}\n  : 1\n", "(10,000 characters): unknown key; output takes path"),
         (BASE + f"resources: {{model_actors: {{min: {'9' * 4000}, max: 1}}}}\n", "(4,000 characters)) is larger than max (1)"),
         (BASE + "  columns: [" + ", ".join(["1"] * 1000) + "]\n", "(and up to 990 more problems)"),
@@ -127,7 +128,7 @@ def _deep_block(depth: int) -> str:
         (BASE + f"output2: {{x: 'http://me:secret@{'h' * 500}'}}\n", "output2: unknown key"),
     ],
     ids=["alias-bomb", "alias", "merge-key", "long-alias-name", "deep-lists", "deep-block", "huge-int", "bad-date",
-         "too-large", "not-utf8", "long-tag", "long-key", "huge-int-in-a-message", "a-thousand-problems",
+         "too-large", "not-utf8", "long-tag", "long-tag-length", "long-key", "huge-int-in-a-message", "a-thousand-problems",
          "token-in-url", "not-http", "password-in-an-unknown-section"],
 )
 def test_load_spec_refuses_with_one_short_sentence(tmp_path, text, expected):
