@@ -207,7 +207,7 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     with_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     ledger = ray.remote(num_cpus=0, scheduling_strategy=with_driver)(ReadLedger).remote(
         dict(collections.Counter(p.shard for p in pieces)))
-    meter = ray.remote(num_cpus=0, scheduling_strategy=with_driver)(StageMeter).remote(started_at=time.time())
+    meter = ray.remote(num_cpus=0, scheduling_strategy=with_driver)(StageMeter).remote(started_at=job.started)
     columns, optional = reader_columns(spec)
     reader = ShardReader(columns, spec.input.id_column, spec.storage, optional,
                          probe_id_type(job.shards, spec.input.id_column, spec.storage))

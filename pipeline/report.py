@@ -2,9 +2,14 @@
 script, no external URL), viewable offline, made from `_SUMMARY.json` alone (`render_report` is pure).
 
 Every figure on the page carries where it came from: `data-key="<summary key>"` (with the exact value
-in `data-value`), `data-stage` / `data-field` in the stage table, `data-bucket` / `data-count` in the
-histograms, `data-label` and `data-reason` in the label and error tables. Strings from the data
-(labels, error reasons, paths, model names) are escaped.
+in `data-value`), `data-stage` / `data-field` in the stage table, `data-stage` / `data-busy-seconds` on
+the busy-time bars, `data-t` on the timelines' x ticks, `data-bucket` / `data-count` in the histograms,
+`data-label` and `data-reason` in the label and error tables. Strings from the data (labels, error
+reasons, paths, model names) are escaped.
+
+A run of a few seconds stays readable: the timelines' time axis runs to the wall time (`wall_seconds`),
+each stage's line has its own colour, dash pattern and marker (see `_line_chart`), and the busy seconds
+per stage are bars beside the timelines.
 """
 
 from __future__ import annotations

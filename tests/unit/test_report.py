@@ -355,6 +355,7 @@ def test_a_short_runs_time_axis_ends_at_its_wall_time():
     svg = _svg(render_report(s))
     for chart in ("rows", "tokens"):
         ticks = svg.els(chart, "text", "data-t")
+        assert ticks, f"the {chart} chart's x ticks say no time (data-t)"
         last, text = max(ticks, key=lambda e: float(e[0]["data-t"]))
         assert float(last["data-t"]) == 3.2 and last is ticks[-1][0], chart  # the axis' last tick: the wall time
         assert text.endswith("3.20 s") and float(last["x"]) == W - PAD_R, (chart, text, last)
