@@ -19,6 +19,7 @@ import pyarrow as pa
 import torch
 
 from pipeline import columns as C
+from pipeline.heads import head_entry
 from pipeline.windows import WindowCutter, best_window_positions, offsets_of, ragged_arange, segment_ids, segment_sums
 
 COMMON_ENCODE_FIELDS = [
@@ -120,15 +121,16 @@ class Produced:
 
 
 class Head:
-    """Base class. Subclasses set the class attributes and override the four steps."""
+    """Base class. Subclasses set the class attributes and override the four steps. A head's name and
+    granularities are its registry entry's (pipeline.heads.HEADS), written there only."""
 
-    name: ClassVar[str]
     auto_class: ClassVar[str]  # e.g. "AutoModelForTokenClassification"
-    granularities: ClassVar[tuple[str, ...]] = ("document",)
     # Name -> Arrow value type of each per-window output of `forward`, stored as list<list<type>>.
     forward_outputs: ClassVar[dict[str, pa.DataType]] = {}
 
     def __init__(self, ctx: Context):
+        entry = head_entry(ctx.spec.model.head)
+        self.name, self.granularities = entry.name, entry.granularities
         self.ctx = ctx
         self.spec = ctx.spec
         self.options = ctx.spec.head

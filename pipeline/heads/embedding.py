@@ -83,9 +83,7 @@ def sentence_transformers_defaults(model_dir: str | None) -> STDefaults:
 
 
 class Embedding(WindowedTextHead):
-    name = "embedding"
     auto_class = "AutoModel"
-    granularities = ("document", "token")
 
     def __init__(self, ctx):
         super().__init__(ctx)

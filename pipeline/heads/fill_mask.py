@@ -67,7 +67,6 @@ def target_ids(tokenizer, targets: list[str]) -> np.ndarray:
 
 
 class FillMask(WindowedTextHead):
-    name = "fill-mask"
     auto_class = "AutoModelForMaskedLM"
     forward_outputs = {"token_ids": pa.int32(), "scores": pa.float32()}
 

@@ -40,7 +40,6 @@ _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)
 
 
 class QuestionAnswering(Head):
-    name = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"
     forward_outputs = {"start": pa.float32(), "end": pa.float32()}
 

@@ -51,7 +51,6 @@ def apply_function(logits: np.ndarray, function: str) -> np.ndarray:
 
 
 class SequenceClassification(WindowedTextHead):
-    name = "sequence-classification"
     auto_class = "AutoModelForSequenceClassification"
     forward_outputs = {"logits": pa.float32()}
 

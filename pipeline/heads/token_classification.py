@@ -18,9 +18,7 @@ ENTITY = pa.struct(
 
 
 class TokenClassification(WindowedTextHead):
-    name = "token-classification"
     auto_class = "AutoModelForTokenClassification"
-    granularities = ("document", "token")
     forward_outputs = {"probs": pa.float32()}
 
     def __init__(self, ctx):
