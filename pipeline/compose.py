@@ -125,12 +125,9 @@ class ModelStages:
         return Tokenize.columns.then(Predict.columns).then(Postprocess.columns)
 
     def __init__(self, spec):
-        from pipeline.predict import Predict
-        from pipeline.stages import Postprocess, Tokenize, load_head
+        from pipeline.predict import head_stages
 
-        head = load_head(spec)
-        self.parts = (("tokenize", Tokenize(spec, head)), ("predict", Predict(spec, head)),
-                      ("postprocess", Postprocess(spec, head)))
+        self.parts = tuple(head_stages(spec).items())
 
 
 def in_blocks_of(ds, rows: int, num_cpus: float, resources: dict | None):

@@ -14,14 +14,11 @@ class LocalRunner:
     """Loads the head and model once; `run(rows)` returns (outputs, errors) as Arrow tables."""
 
     def __init__(self, spec, device: str | None = None):
-        from pipeline.predict import Predict
-        from pipeline.stages import Postprocess, Tokenize, load_head
+        from pipeline.predict import head_stages
 
         self.spec = spec
-        head = load_head(spec)
-        self.tokenize = Tokenize(spec, head=head)
-        self.predict = Predict(spec, head=head, device=device)
-        self.postprocess = Postprocess(spec, head=head)
+        parts = head_stages(spec, device)
+        self.tokenize, self.predict, self.postprocess = parts["tokenize"], parts["predict"], parts["postprocess"]
         self.columns, self.optional = reader_columns(spec)
 
     def prepare(self, rows: list[dict]) -> pa.Table:

@@ -16,7 +16,7 @@ import torch
 from pipeline import columns as C
 from pipeline.batching import pad_batch, padded_slots, plan_micro_batches
 from pipeline.models import load_model
-from pipeline.stages import load_head
+from pipeline.stages import Postprocess, Tokenize, load_head
 
 log = logging.getLogger(__name__)
 
@@ -277,3 +277,12 @@ def _nested(per_doc: list, value_type: pa.DataType) -> pa.Array:
     inner = pa.ListArray.from_arrays(pa.array(win_offsets, type=pa.int32()), pa.array(values, type=value_type))
     mask = pa.array([not v for v in valid], type=pa.bool_())
     return pa.ListArray.from_arrays(pa.array(doc_offsets, type=pa.int32()), inner, mask=mask)
+
+
+def head_stages(spec, device: str | None = None) -> dict:
+    """tokenize -> predict -> postprocess over one loaded head, in order: the one place the chain is
+    built (the fused model actor, compose.ModelStages, and LocalRunner run it; on a cluster each pool's
+    actor builds its own stage from compose.model_stages' descriptions)."""
+    head = load_head(spec)
+    return {"tokenize": Tokenize(spec, head), "predict": Predict(spec, head, device=device),
+            "postprocess": Postprocess(spec, head)}
