@@ -88,6 +88,7 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
     output = checked.output
     made = _missing_folders(output)
     lease = _take_lease(output)
+    refused = False
     try:
         job = _planned(spec, checked, lease, display, started, Asked(fresh, limit, retire))
         if job.nothing_to_do:
@@ -98,8 +99,7 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
             return _finished(job, stopped=str(e))
         return _finished(job, *outcome)
     except UserError:
-        lease.release()
-        _remove_if_empty(made)  # exit 2 leaves no folder that was not there before
+        refused = True
         raise
     except JobFailed:
         raise
@@ -108,6 +108,8 @@ def run(spec, progress=None, fresh: bool = False, limit: int | None = None, verb
                         "resume") from e
     finally:
         lease.release()
+        if refused:
+            _remove_if_empty(made)  # exit 2 leaves no folder that was not there before
 
 
 def _planned(spec, checked, lease, display, started, asked: Asked) -> Run:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING
 from dataclasses import fields as dataclass_fields
 
 from pipeline.errors import UserError
@@ -28,10 +29,6 @@ from pipeline.output import (
 PENDING = ".pending.json"
 # A shard key as pipeline.sources makes it: a file-name-safe stem, never a path.
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
-# Counts a marker carries (pipeline.summary.totals adds them up).
-_COUNTS = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
-           "documents_truncated", "largest_document_tokens")
-_OPTIONAL_COUNTS = ("duplicate_ids",)  # not in markers of earlier versions
 
 
 class FingerprintMismatch(UserError):
@@ -119,8 +116,9 @@ class Marker:
         if not isinstance(obj.get("shard"), str) or not isinstance(obj.get("identity"), dict) \
                 or not isinstance(obj.get("fingerprint"), str):
             raise MarkerInvalid(f"{where} lacks the shard, identity or fingerprint a marker holds")
-        bad = [c for c in _COUNTS if type(obj.get(c)) is not int or obj[c] < 0]
-        bad += [c for c in _OPTIONAL_COUNTS if c in obj and (type(obj[c]) is not int or obj[c] < 0)]
+        # A count a marker of an earlier version may lack (it has a default) is checked when present.
+        bad = [f.name for f in _COUNTS if (f.name in obj or f.default is MISSING)
+               and (type(obj.get(f.name)) is not int or obj[f.name] < 0)]
         if bad:
             raise MarkerInvalid(f"{where} has no count {bad[0]!r} (a whole number)")
         for name in ("files", "error_files"):
@@ -133,6 +131,11 @@ class Marker:
             raise MarkerInvalid(f"{where} has a limit that is not a whole number")
         return cls(**kept)
 
+
+
+# The whole-number counts a marker carries (`rows` ... `duplicate_ids`), named in Marker only.
+_COUNTS = tuple(f for f in dataclass_fields(Marker) if f.type == "int")
+COUNTS = tuple(f.name for f in _COUNTS)
 
 def _check_names(where: str, key: str, names) -> None:
     if not isinstance(names, list):

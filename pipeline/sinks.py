@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import columns as C
-from pipeline.markers import Marker
+from pipeline.markers import COUNTS, Marker
 from pipeline.output import ERRORS_DIR, STAGING_DIR, OutputDir, marker_file, pending_file, result_file, root_cause
 from pipeline.progress import Snapshot
 from pipeline.sources import Shard
@@ -91,8 +91,7 @@ def finalize_shard(finalizing: Finalizing, shard: Shard, rows_read: int) -> Mark
     table = _rows_once(f.output, key, rows_read)
     files: dict[str, pa.Table] = {}
     error_files: dict[str, pa.Table] = {}
-    counts = dict.fromkeys(("rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
-                            "documents_truncated", "largest_document_tokens", "duplicate_ids"), 0)
+    counts = dict.fromkeys((c for c in COUNTS if c != "rows"), 0)  # an empty shard's
     stats, top_errors = empty_stats(), {}
     if table is not None:  # None: an empty shard, done with no files
         order = pc.sort_indices(table, sort_keys=[(C.ROW, "ascending")])  # stable: tokens stay in order

@@ -7,13 +7,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from pipeline.markers import Marker
+from pipeline.markers import COUNTS, Marker
 from pipeline.output import PROGRESS, SUCCESS, SUMMARY, OutputDir
 from pipeline.report import write_report
 from pipeline.stats import STATS_KEYS, merge_stats
 
-_SUMMED = ("rows", "rows_written", "rows_errored", "output_rows", "tokens", "padded_token_slots", "windows",
-           "documents_truncated", "duplicate_ids")
+# Summed over shards; the largest document is a maximum instead.
+_SUMMED = tuple(c for c in COUNTS if c != "largest_document_tokens")
 
 
 def totals(markers: list[Marker]) -> dict:
