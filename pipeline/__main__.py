@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _plan(args) -> int:
     """Arithmetic only (no Ray, no model): what `plan` prints goes straight to stdout."""
-    from pipeline.plan import PlanError, default_rates, format_plan, load_summary, model_config, plan, rates_from_summary
+    from pipeline.plan import (PlanError, Workload, default_rates, format_plan, load_summary, model_config, plan,
+                               rates_from_summary)
     from pipeline.spec import SpecError, load_spec
 
     try:
@@ -246,7 +247,7 @@ def _plan(args) -> int:
             rates = rates_from_summary(summary, spec, where)
         else:
             rates = default_rates(spec)
-        result = plan(spec, args.tokens, args.hours, rates, config=model_config(spec), shards=args.shards,
+        result = plan(spec, Workload(args.tokens, args.hours, args.shards), rates, config=model_config(spec),
                       object_store_gib=args.object_store_gib)
     except (SpecError, PlanError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -35,7 +35,7 @@ STRATEGIES = ("none", "simple", "first", "average", "max")
 
 
 def subword_info(tokenizer) -> tuple[str | None, int | None]:
-    """What `aggregate_entities` needs from the tokenizer, read the way the pipeline reads it.
+    """What `Aggregation` needs from the tokenizer, read the way the pipeline reads it.
 
     The pipeline trusts `len(token) != len(surface)` to spot continuation pieces only when the
     backing `tokenizers` model has a truthy `continuing_subword_prefix` (WordPiece "##", some BPEs);
@@ -46,19 +46,48 @@ def subword_info(tokenizer) -> tuple[str | None, int | None]:
     return (prefix or None), getattr(tokenizer, "unk_token_id", None)
 
 
-def _is_subword(
-    texts: list[str],
-    token_lens: np.ndarray,
-    token_ids: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    document: np.ndarray,
-    continuing_subword_prefix: str | None,
-    unk_token_id: int | None,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class Aggregation:
+    """The pipeline's post-processing settings: the head's labels and options, and what
+    `subword_info` read from its tokenizer."""
+
+    id2label: dict[int, str]
+    strategy: str
+    ignore_labels: tuple[str, ...]
+    continuing_subword_prefix: str | None = None
+    unk_token_id: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "strategy", self.strategy.lower())
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown aggregation strategy {self.strategy!r}; expected one of {STRATEGIES}")
+        object.__setattr__(self, "ignore_labels", tuple(self.ignore_labels))
+
+
+@dataclass
+class TokenBatch:
+    """The documents' tokens in order without special tokens, documents one after another:
+    `doc_offsets` [D+1] says where each starts; `lengths` are the lengths of the tokens' strings
+    (`convert_ids_to_tokens`), `starts`/`ends` character offsets into their document's text."""
+
+    texts: list[str]
+    lengths: np.ndarray
+    ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    doc_offsets: np.ndarray
+
+    def __post_init__(self):
+        self.lengths, self.ids = np.asarray(self.lengths), np.asarray(self.ids)
+        self.starts = np.asarray(self.starts, dtype=np.int64)
+        self.ends = np.asarray(self.ends, dtype=np.int64)
+        self.doc_offsets = np.asarray(self.doc_offsets, dtype=np.int64)
+
+
+def _is_subword(tokens: TokenBatch, document: np.ndarray, how: Aggregation) -> np.ndarray:
     """Which tokens continue the previous token's word (mirrors `gather_pre_entities`).
 
-    Word-aware tokenizers: a token is a continuation when its string length (`token_lens`) differs
+    Word-aware tokenizers: a token is a continuation when its string length (`tokens.lengths`) differs
     from its surface length (the prefix makes "##ing" longer than "ing"). This also fires whenever
     normalisation changes the length (e.g. a decomposed accent that the uncased tokenizer strips),
     which the pipeline does too, so it is kept.
@@ -67,8 +96,9 @@ def _is_subword(
     `start > 0 and " " not in text[start - 1 : start + 1]`.
     [UNK] tokens never continue a word, whichever rule applies.
     """
-    if continuing_subword_prefix:
-        sub = token_lens != (ends - starts)
+    texts, starts = tokens.texts, tokens.starts
+    if how.continuing_subword_prefix:
+        sub = tokens.lengths != (tokens.ends - starts)
     else:
         # Code points of all texts, one after another, indexed like Python str positions;
         # surrogatepass keeps lone surrogates 1:1.
@@ -81,8 +111,8 @@ def _is_subword(
         inside = starts < text_lens[document]
         here = np.where(inside, base + starts, 0)
         sub &= ~(is_space[here] & inside)
-    if unk_token_id is not None:
-        sub &= token_ids != unk_token_id
+    if how.unk_token_id is not None:
+        sub &= tokens.ids != how.unk_token_id
     return sub
 
 
@@ -151,27 +181,11 @@ class Entities:
         return pa.StringArray.from_buffers(len(counts), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(utf8))
 
 
-def aggregate_batch(
-    texts: list[str],
-    token_lens: np.ndarray,
-    token_ids: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    probs: np.ndarray,
-    doc_offsets: np.ndarray,
-    id2label: dict[int, str],
-    strategy: str,
-    ignore_labels: list[str],
-    continuing_subword_prefix: str | None,
-    unk_token_id: int | None,
-) -> Entities:
+def aggregate_batch(tokens: TokenBatch, probs: np.ndarray, how: Aggregation) -> Entities:
     """Entities of a batch of documents, each identical to `TokenClassificationPipeline` with `strategy`
     on that document.
 
-    Inputs are the documents' tokens in order without special tokens, documents one after another
-    (`doc_offsets` [D+1] says where each starts): the lengths of their strings (`convert_ids_to_tokens`),
-    ids, character offsets into their document's text, and softmax probabilities.
-    `continuing_subword_prefix`/`unk_token_id` come from `subword_info(tokenizer)`.
+    `probs` are the tokens' softmax probabilities, one row per token of `tokens`.
 
     Pipeline behaviours kept on purpose because users compare against it:
 
@@ -184,31 +198,27 @@ def aggregate_batch(
       there ignores nothing), for "none" only the full token label is checked;
     * the group score is the plain mean of its units' scores.
     """
-    strategy = strategy.lower()
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown aggregation strategy {strategy!r}; expected one of {STRATEGIES}")
+    strategy, id2label = how.strategy, how.id2label
     probs = np.asarray(probs)
-    doc_offsets = np.asarray(doc_offsets, dtype=np.int64)
+    doc_offsets = tokens.doc_offsets
     n = int(doc_offsets[-1])
     # Configs loaded from JSON by hand can carry string keys; transformers converts them to int.
     labels = [id2label[i] if i in id2label else id2label[str(i)] for i in range(probs.shape[1])]
     # The pipeline's filter also tests a missing key (None) against ignore_labels.
-    if n == 0 or None in ignore_labels:
+    if n == 0 or None in how.ignore_labels:
         empty = np.zeros(0, dtype=np.int64)
         return Entities(empty, empty, labels, np.zeros(0, dtype=np.float64), empty, empty)
 
     document = segment_ids(np.diff(doc_offsets))
-    starts = np.asarray(starts, dtype=np.int64)
-    ends = np.asarray(ends, dtype=np.int64)
-    ignored = set(ignore_labels)
+    starts, ends = tokens.starts, tokens.ends
+    ignored = set(how.ignore_labels)
 
     if strategy in ("none", "simple"):
         unit_labels = probs.argmax(axis=1)
         unit_scores = probs[np.arange(n), unit_labels]
         unit_starts, unit_ends, unit_docs = starts, ends, document
     else:
-        sub = _is_subword(texts, np.asarray(token_lens), np.asarray(token_ids), starts, ends, document,
-                          continuing_subword_prefix, unk_token_id)
+        sub = _is_subword(tokens, document, how)
         sub[doc_offsets[:-1][np.diff(doc_offsets) > 0]] = False  # a document's first token always opens a word
         word_starts = np.flatnonzero(~sub)
         unit_labels, unit_scores = _aggregate_words(probs, word_starts, strategy)
@@ -243,24 +253,12 @@ def aggregate_batch(
                     unit_starts[group_starts][keep], unit_ends[group_ends][keep])
 
 
-def aggregate_entities(
-    text: str,
-    token_strs: list[str],
-    token_ids: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    probs: np.ndarray,
-    id2label: dict[int, str],
-    strategy: str,
-    ignore_labels: list[str],
-    continuing_subword_prefix: str | None,
-    unk_token_id: int | None,
-) -> list[dict]:
+def aggregate_entities(text: str, token_strs: list[str], token_ids: np.ndarray, spans: tuple[np.ndarray, np.ndarray],
+                       probs: np.ndarray, how: Aggregation) -> list[dict]:
     """`aggregate_batch` for one document, as the pipeline's dicts (entity_group, score, word, start,
-    end); `token_strs` are its tokens' strings."""
+    end); `token_strs` are its tokens' strings, `spans` their (starts, ends)."""
     token_lens = np.fromiter(map(len, token_strs), dtype=np.int64, count=len(token_strs))
-    found = aggregate_batch([text], token_lens, token_ids, starts, ends, probs, np.array([0, len(token_strs)]), id2label,
-                            strategy, ignore_labels, continuing_subword_prefix, unk_token_id)
+    found = aggregate_batch(TokenBatch([text], token_lens, token_ids, *spans, np.array([0, len(token_strs)])), probs, how)
     return [{"entity_group": found.names[k], "score": score, "word": word, "start": a, "end": b}
             for k, score, word, a, b in zip(found.name.tolist(), found.score.tolist(), found.words([text]).to_pylist(),
                                             found.start.tolist(), found.end.tolist())]

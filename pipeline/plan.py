@@ -157,12 +157,26 @@ def _is_object_store(path: str) -> bool:
     return protocol_of(path) != "file"
 
 
-def plan(spec, tokens: float, hours: float, rates: Rates, *, config: dict | None = None,
-         shards: int | None = None, object_store_gib: float | None = None) -> dict:
-    """The plan as a dict (the `--json` output). `shards`: input shards of the corpus (default: the
-    summary's documents per shard, else DEFAULT_DOCUMENTS_PER_SHARD); `object_store_gib`: the
-    cluster's object store (default: RAY_OBJECT_STORE_SHARE of a NODE_MEMORY_GIB node per model actor)."""
-    target = tokens / (hours * 3600)
+@dataclass(frozen=True)
+class Workload:
+    """What the plan is for: `tokens` in `hours`, in `shards` input shards (None: the summary's
+    documents per shard, else DEFAULT_DOCUMENTS_PER_SHARD)."""
+
+    tokens: float
+    hours: float
+    shards: int | None = None
+
+    @property
+    def target(self) -> float:
+        """Tokens per second."""
+        return self.tokens / (self.hours * 3600)
+
+
+def plan(spec, work: Workload, rates: Rates, *, config: dict | None = None,
+         object_store_gib: float | None = None) -> dict:
+    """The plan as a dict (the `--json` output). `object_store_gib`: the cluster's object store
+    (default: RAY_OBJECT_STORE_SHARE of a NODE_MEMORY_GIB node per model actor)."""
+    tokens, target = work.tokens, work.target
     per_doc = rates.tokens_per_document
     r = rates.per_stage
     res, granularity = spec.resources, spec.output.granularity
@@ -182,14 +196,13 @@ def plan(spec, tokens: float, hours: float, rates: Rates, *, config: dict | None
     cores = math.ceil(cpu_stage_cores + model_cpus + 1)  # + 1: the driver
     gpus = model_actors * res.gpus_per_actor
 
-    limits = [_driver(spec, per_doc), _object_store(spec, stages, rates, config or {}, target, model_actors,
-                                                    object_store_gib)]
+    limits = [_driver(spec, per_doc), _object_store(spec, stages, rates, config or {}, target, object_store_gib)]
     # The driver finalises as many shards at once as the postprocess pool may have actors (at least 2).
     at_once = finalize_in_flight(spec)
     limits.append({"limit": "shard finalisation", "ceiling_tokens_per_second": round(at_once * r["write"], 1),
                    "detail": f"{at_once} shards at once (resources.postprocess_actors' max, at least 2) x "
                              f"{r['write']:,.0f} tokens/s"})
-    limits += _s3(spec, rates, target, tokens, shards)
+    limits += _s3(spec, rates, work)
     model_name = "GPUs" if res.gpus_per_actor else "model actors (CPU)"
     limits.append({"limit": model_name, "ceiling_tokens_per_second": round(model_actors * r["predict"], 1),
                    "detail": f"{model_actors} model actor(s) x {r['predict']:,.0f} tokens/s"})
@@ -197,7 +210,7 @@ def plan(spec, tokens: float, hours: float, rates: Rates, *, config: dict | None
         limit["hours"] = round(tokens / limit["ceiling_tokens_per_second"] / 3600, 3)
     first = min(limits, key=lambda lim: lim["ceiling_tokens_per_second"])
     return {
-        "tokens": int(tokens) if float(tokens).is_integer() else tokens, "hours": hours,
+        "tokens": int(tokens) if float(tokens).is_integer() else tokens, "hours": work.hours,
         "target_tokens_per_second": round(target, 1),
         "rates_from": rates.origin, "tokens_per_document": round(per_doc, 1),
         "stages": stages, "cpu_cores": cores, "cpu_stage_cores": round(cpu_stage_cores, 2),
@@ -229,8 +242,7 @@ def _driver(spec, per_doc: float) -> dict:
                       f"per {DRIVER_SECONDS_PER_BATCH * 1000:g} ms"}
 
 
-def _object_store(spec, stages: dict, rates: Rates, config: dict, target: float, model_actors: int,
-                  object_store_gib: float | None) -> dict:
+def _object_store(spec, stages: dict, rates: Rates, config: dict, target: float, object_store_gib: float | None) -> dict:
     """In-flight bytes: each worker holds IN_FLIGHT_PER_WORKER batches of its input; they grow with
     the workers, so with the target, and the ceiling is the throughput that fills Ray Data's budget."""
     granularity = spec.output.granularity
@@ -242,7 +254,7 @@ def _object_store(spec, stages: dict, rates: Rates, config: dict, target: float,
     tokens_per_batch = spec.batching.rows_per_batch * rates.tokens_per_document
     in_flight = sum(stages[s]["workers"] * IN_FLIGHT_PER_WORKER * b * tokens_per_batch for s, b in bytes_in.items())
     store = (object_store_gib if object_store_gib is not None
-             else RAY_OBJECT_STORE_SHARE * NODE_MEMORY_GIB * max(1, model_actors)) * 2**30
+             else RAY_OBJECT_STORE_SHARE * NODE_MEMORY_GIB * stages["predict"]["workers"]) * 2**30
     budget = RAY_DATA_OBJECT_STORE_FRACTION * store
     return {"limit": "object store", "ceiling_tokens_per_second": round(target * budget / in_flight, 1),
             "detail": f"{in_flight / 2**30:,.2f} GiB in flight ({bytes_in['postprocess']:,.0f} bytes/token into "
@@ -250,12 +262,13 @@ def _object_store(spec, stages: dict, rates: Rates, config: dict, target: float,
                       f"{budget / 2**30:,.1f} GiB for Ray Data"}
 
 
-def _s3(spec, rates: Rates, target: float, tokens: float, shards: int | None) -> list[dict]:
+def _s3(spec, rates: Rates, work: Workload) -> list[dict]:
     """Requests per shard on the output prefix: a PUT per part (a batch's rows of a shard) and per
     final file, the pending record, the marker and one bulk DELETE; a HEAD and a GET per part and two
     LISTs at finalisation (pipeline/sinks.py). On the input prefix, a GET per s3fs block."""
-    per_doc = rates.tokens_per_document
-    docs = tokens / per_doc / shards if shards else rates.documents_per_shard or DEFAULT_DOCUMENTS_PER_SHARD
+    per_doc, target = rates.tokens_per_document, work.target
+    docs = (work.tokens / per_doc / work.shards if work.shards
+            else rates.documents_per_shard or DEFAULT_DOCUMENTS_PER_SHARD)
     out_per_doc = rates.output_rows_per_document or (per_doc if spec.output.granularity == "token" else 1.0)
     parts = math.ceil(docs / spec.batching.rows_per_batch)
     files = math.ceil(docs * out_per_doc / spec.output.rows_per_file)

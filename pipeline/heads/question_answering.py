@@ -47,7 +47,6 @@ class QuestionAnswering(Head):
         super().__init__(ctx)
         self.max_length = model_max_length(ctx.spec, ctx.tokenizer, ctx.config)
         self.doc_stride = self.options.doc_stride
-        self.max_answer_len = self.options.max_answer_len
         self.top_k = self.options.top_k
         self.handle_impossible_answer = self.options.handle_impossible_answer
         if self.doc_stride >= self.max_length - self.options.max_question_len - 3:
@@ -220,9 +219,8 @@ class QuestionAnswering(Head):
             start = np.asarray(start_logits, dtype=np.float32)[None]
             end = np.asarray(end_logits, dtype=np.float32)[None]
             p_mask = np.asarray(p_mask, dtype=np.int64)[None]
-            starts, ends, scores, min_null_score = select_starts_ends(
-                start, end, p_mask, min_null_score, pre_topk, self.handle_impossible_answer, self.max_answer_len
-            )
+            starts, ends, scores, min_null_score = select_starts_ends(start, end, p_mask, min_null_score, pre_topk,
+                                                                      self.options)
             # A left-padding tokenizer: the pipeline shifts indices by the pad tokens in the window
             # (none unless the text itself holds the pad token).
             offset = 0
@@ -332,9 +330,9 @@ def decode_spans(start: np.ndarray, end: np.ndarray, topk: int, max_answer_len: 
     return starts, ends, scores
 
 
-def select_starts_ends(start, end, p_mask, min_null_score=1000000, top_k=1, handle_impossible_answer=False,
-                       max_answer_len=15):
-    """transformers 4.57 `select_starts_ends` for one unpadded window ([1, L] float32 logits and p_mask)."""
+def select_starts_ends(start, end, p_mask, min_null_score, top_k, options):
+    """transformers 4.57 `select_starts_ends` for one unpadded window ([1, L] float32 logits and p_mask);
+    `options` (the spec's head) carries `handle_impossible_answer` and `max_answer_len`."""
     # Ensure padded tokens & question tokens cannot belong to the set of candidate answers.
     undesired_tokens = np.abs(np.array(p_mask) - 1)
     undesired_tokens = undesired_tokens & np.ones_like(undesired_tokens)  # the attention mask: no padding
@@ -347,9 +345,9 @@ def select_starts_ends(start, end, p_mask, min_null_score=1000000, top_k=1, hand
     start = start / start.sum()
     end = np.exp(end - end.max(axis=-1, keepdims=True))
     end = end / end.sum()
-    if handle_impossible_answer:
+    if options.handle_impossible_answer:
         min_null_score = min(min_null_score, (start[0, 0] * end[0, 0]).item())
     # Mask CLS
     start[0, 0] = end[0, 0] = 0.0
-    starts, ends, scores = decode_spans(start, end, top_k, max_answer_len, undesired_tokens)
+    starts, ends, scores = decode_spans(start, end, top_k, options.max_answer_len, undesired_tokens)
     return starts, ends, scores, min_null_score

@@ -23,11 +23,12 @@ class TokenClassification(WindowedTextHead):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        from pipeline.aggregation import subword_info
+        from pipeline.aggregation import Aggregation, subword_info
 
         self.id2label = {int(k): v for k, v in self.config.id2label.items()}
         self.num_labels = len(self.id2label)
-        self.subword_prefix, self.unk_token_id = subword_info(self.tokenizer)
+        self.aggregation = Aggregation(self.id2label, self.options.aggregation_strategy, self.options.ignore_labels,
+                                       *subword_info(self.tokenizer))
         self.granularity = ctx.spec.output.granularity
         self.label_strings = pa.array([self.id2label[i] for i in range(self.num_labels)], pa.string())
         self._token_lengths: np.ndarray | None = None
@@ -46,7 +47,7 @@ class TokenClassification(WindowedTextHead):
         return pa.schema([("id", id_type), ("entities", pa.list_(ENTITY))])
 
     def postprocess_table(self, batch):
-        from pipeline.aggregation import aggregate_batch
+        from pipeline.aggregation import TokenBatch, aggregate_batch
         from pipeline.windows import surface_offsets
 
         tokens = self.document_tokens(batch, "probs", self.num_labels)
@@ -60,11 +61,9 @@ class TokenClassification(WindowedTextHead):
                 "label": self.label_strings.take(pa.array(best)), "score": pa.array(probs[np.arange(len(best)), best]),
             })
         texts = column(batch, C.TEXT).to_pylist()
-        found = aggregate_batch(
-            texts, self.token_lengths()[tokens.token_ids], tokens.token_ids, tokens.starts, tokens.ends, probs,
-            tokens.doc_offsets, self.id2label, self.options.aggregation_strategy, list(self.options.ignore_labels),
-            self.subword_prefix, self.unk_token_id,
-        )
+        batch_tokens = TokenBatch(texts, self.token_lengths()[tokens.token_ids], tokens.token_ids, tokens.starts,
+                                  tokens.ends, tokens.doc_offsets)
+        found = aggregate_batch(batch_tokens, probs, self.aggregation)
         entities = pa.StructArray.from_arrays(
             [pa.array(found.names, pa.string()).take(pa.array(found.name)), pa.array(found.score.astype(np.float32)),
              found.words(texts), pa.array(found.start, pa.int32()), pa.array(found.end, pa.int32())],

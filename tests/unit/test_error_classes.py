@@ -45,7 +45,7 @@ ALLOWED = {
         "the head registry checks its own entries at import: a programming error, not a user's",
     ("pipeline/heads/sequence_classification.py", "apply_function", "ValueError"):
         "head.function_to_apply is a Literal the spec has validated; another value is a bug",
-    ("pipeline/aggregation.py", "aggregate_batch", "ValueError"):
+    ("pipeline/aggregation.py", "Aggregation.__post_init__", "ValueError"):
         "head.aggregation_strategy is a Literal the spec has validated; another value is a bug",
     ("pipeline/batching.py", "_array", "ValueError"):
         "a caller's reused buffer too small for a micro-batch: a bug of the caller",

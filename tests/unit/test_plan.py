@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.plan import (
-    DEFAULT_MODEL_RATE_GPU, PlanError, default_rates, format_plan, load_summary, plan, rates_from_summary,
+    DEFAULT_MODEL_RATE_GPU, PlanError, Workload, default_rates, format_plan, load_summary, plan, rates_from_summary,
 )
 from pipeline.spec import spec_from_dict
 
@@ -47,7 +47,7 @@ def job(rows_per_batch=100, rows_per_file=1000, head="token-classification", gra
 
 
 def make_plan(spec, **kw):
-    return plan(spec, TOKENS, HOURS, rates_from_summary(SUMMARY, spec, "summary"), config={}, **kw)
+    return plan(spec, Workload(TOKENS, HOURS), rates_from_summary(SUMMARY, spec, "summary"), config={}, **kw)
 
 
 def ceiling(p, name):
@@ -111,11 +111,11 @@ def test_the_first_limit_moves_with_the_inputs():
     # A slow writer: the driver finalises two shards at a time (a pool of 1), 2 x 500,000 tokens/s.
     spec = job(rows_per_batch=1000)
     slow = {**SUMMARY, "stages": {**SUMMARY["stages"], "write": {"rows": 10_000, "rows_per_second": 5_000.0}}}
-    p = plan(spec, TOKENS, HOURS, rates_from_summary(slow, spec, "summary"), config={})
+    p = plan(spec, Workload(TOKENS, HOURS), rates_from_summary(slow, spec, "summary"), config={})
     assert (p["first_limit"], ceiling(p, "shard finalisation")) == ("shard finalisation", 1e6)
     # ... as many at once as the postprocess pool may grow to: 8 actors, 8 shards, 4 M tokens/s.
     bigger = spec.model_copy(update={"resources": spec.resources.model_copy(update={"postprocess_actors": 8})})
-    p = plan(bigger, TOKENS, HOURS, rates_from_summary(slow, bigger, "summary"), config={})
+    p = plan(bigger, Workload(TOKENS, HOURS), rates_from_summary(slow, bigger, "summary"), config={})
     assert ceiling(p, "shard finalisation") == 4e6
     # Local paths: no request limits.
     p = make_plan(job(rows_per_batch=1000, input="data/", output="out/x"))
@@ -134,7 +134,7 @@ def test_per_token_vectors_weigh_on_the_object_store():
     assert "3,092 bytes/token into postprocess" in detail(bert_base, "object store")
     assert bert_base["first_limit"] == "object store" and not bert_base["meets_target"]
     # The checkpoint's own config.json: MiniLM's 384 floats fit.
-    minilm = plan(spec, TOKENS, HOURS, rates_from_summary(SUMMARY, spec, "summary"), config={"hidden_size": 384},
+    minilm = plan(spec, Workload(TOKENS, HOURS), rates_from_summary(SUMMARY, spec, "summary"), config={"hidden_size": 384},
                   object_store_gib=64)
     assert "1,556 bytes/token into postprocess" in detail(minilm, "object store")
     assert minilm["first_limit"] == "GPUs"
@@ -142,7 +142,7 @@ def test_per_token_vectors_weigh_on_the_object_store():
 
 def test_without_a_summary_the_documented_defaults():
     spec = job(rows_per_batch=1000)
-    p = plan(spec, TOKENS, HOURS, default_rates(spec), config={})
+    p = plan(spec, Workload(TOKENS, HOURS), default_rates(spec), config={})
     assert p["stages"]["predict"] == {"tokens_per_second": DEFAULT_MODEL_RATE_GPU, "source": "default",
                                       "workers": 10}
     assert p["rates_from"] == "defaults (pipeline/plan.py)"

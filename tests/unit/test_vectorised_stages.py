@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import columns as C
-from pipeline.aggregation import STRATEGIES, aggregate_batch, aggregate_entities
+from pipeline.aggregation import STRATEGIES, Aggregation, TokenBatch, aggregate_batch, aggregate_entities
 from pipeline.heads.sequence_classification import apply_function
 from pipeline.local import LocalRunner
 from pipeline.spec import spec_from_dict
@@ -114,13 +114,13 @@ def test_batch_aggregation_equals_each_document_alone(texts, seed, strategy, ign
         flat["starts"].append(starts)
         flat["ends"].append(ends)
         flat["probs"].append(probs.reshape(-1, len(NER_LABELS)))
-    found = aggregate_batch(texts, *(np.concatenate(flat[k]) for k in ("lens", "ids", "starts", "ends", "probs")),
-                            offsets_of(np.array([len(ids) for ids in enc["input_ids"]])), id2label, strategy, ignore,
-                            prefix, tok.unk_token_id)
+    how = Aggregation(id2label, strategy, ignore, prefix, tok.unk_token_id)
+    lens, ids, starts, ends, probs = (np.concatenate(flat[k]) for k in ("lens", "ids", "starts", "ends", "probs"))
+    found = aggregate_batch(TokenBatch(texts, lens, ids, starts, ends, offsets_of(np.array([len(i) for i in enc["input_ids"]]))),
+                            probs, how)
     words = found.words(texts).to_pylist()
     for d, (text, doc) in enumerate(zip(texts, docs)):
-        alone = aggregate_entities(text, **doc, id2label=id2label, strategy=strategy, ignore_labels=ignore,
-                                   continuing_subword_prefix=prefix, unk_token_id=tok.unk_token_id)
+        alone = aggregate_entities(text, doc["token_strs"], doc["token_ids"], (doc["starts"], doc["ends"]), doc["probs"], how)
         mine = [{"entity_group": found.names[k], "score": found.score[i].item(), "word": words[i],
                  "start": found.start[i].item(), "end": found.end[i].item()}
                 for i, k in enumerate(found.name.tolist()) if found.document[i] == d]
