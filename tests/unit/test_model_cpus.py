@@ -118,6 +118,19 @@ def test_the_laptop_sizing_holds_once_the_job_has_started_its_ray(monkeypatch):
     assert [s.name for s in joined.stages] == ["tokenize", "predict", "postprocess"]
 
 
+def test_a_laptop_run_cuts_smaller_batches_unless_the_spec_sets_them(monkeypatch):
+    """The laptop sample's 200 documents go through in several batches, so its progress moves."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    laptop = placement.Cluster(laptop=True, local=True, started=True)
+    assert _spec().batching.rows_per_batch == 256
+    assert placement.place(_spec(), laptop).spec.batching.rows_per_batch == placement.LAPTOP_ROWS_PER_BATCH == 64
+    assert placement.place(_spec(), placement.Cluster(laptop=False, local=True, started=False)
+                           ).spec.batching.rows_per_batch == 256
+    chosen = spec_from_dict({"input": {"path": "in"}, "model": {"path": "m", "head": "embedding"},
+                             "output": {"path": "out"}, "batching": {"rows_per_batch": 256}})
+    assert placement.place(chosen, laptop).spec.batching.rows_per_batch == 256  # the spec's word wins
+
+
 def test_a_small_input_gets_one_model_actor_with_every_core(no_cluster, monkeypatch, tmp_path):
     from pipeline.sources import list_shards
 
