@@ -1,14 +1,19 @@
-# The image the KubeRay manifests (deploy/kuberay/) and cluster.yaml's docker section run:
+# The image that cluster.yaml's docker section and the KubeRay manifests (deploy/kuberay/) run. Its full
+# reference (registry, name and tag) is written in one place, deploy/IMAGE; from the
+# repository root:
 #
-# image: registry.example.com/bert-batch-pipeline:0.1.0-ray2.60.0-py311-cu128
+#   docker build -t "$(cat deploy/IMAGE)" . && docker push "$(cat deploy/IMAGE)"
 #
-#   docker build -t registry.example.com/bert-batch-pipeline:0.1.0-ray2.60.0-py311-cu128 .
-#   docker push registry.example.com/bert-batch-pipeline:0.1.0-ray2.60.0-py311-cu128
+# The tag says what is inside: this project's version, the Ray of the base image (the same Ray the tests
+# run and the client that submits jobs must run), its Python and the CUDA of the base image and of
+# torch's wheel. YAML cannot read another file, so cluster.yaml and deploy/kuberay/*.yaml spell the same
+# reference out; to use your registry (here ghcr.io/acme), change all of them at once:
 #
-# The tag says what is inside: this project's version, the Ray of the base image (the same Ray that
-# cluster.yaml pins and the tests run), its Python and the CUDA of the base image and of torch's wheel.
-# Put your registry in place of registry.example.com here, in deploy/kuberay/*.yaml and in cluster.yaml
-# (tests/unit/test_kuberay_manifests.py checks that the four agree).
+#   NEW=ghcr.io/acme/$(basename "$(cat deploy/IMAGE)")
+#   sed -i "s#$(cat deploy/IMAGE)#$NEW#" cluster.yaml deploy/kuberay/*.yaml && echo "$NEW" > deploy/IMAGE
+#
+# tests/unit/test_deploy.py checks that they name exactly deploy/IMAGE's reference, and that this
+# file's FROM is the base image its tag describes.
 
 # Ray 2.60.0 on Python 3.11 (Ubuntu, CUDA 12.8 + cuDNN), user `ray`, HOME /home/ray, Python in
 # /home/ray/anaconda3. Ray itself is already installed: `pip install .` keeps it (ray[data]>=2.60,<2.61, the same 2.60.0).
