@@ -37,6 +37,22 @@ def plan_micro_batches(lengths: np.ndarray, max_tokens: int, max_padding: float 
     return groups
 
 
+def plan_by_segment(lengths: np.ndarray, segments: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """`plan_micro_batches` over each segment's windows on its own (`segments`: one id per window), so
+    no micro-batch mixes two segments. The job's segments are input shards: a shard's results then do
+    not depend on which other shards share its batch, and a resumed run, whose batches hold other
+    neighbours, computes each document exactly as the full run did."""
+    segments = np.asarray(segments)
+    if segments.size == 0 or (segments == segments[0]).all():
+        return plan_micro_batches(lengths, max_tokens)
+    lengths = np.asarray(lengths)
+    groups = []
+    for segment in dict.fromkeys(segments.tolist()):  # in order of first appearance
+        mine = np.flatnonzero(segments == segment)
+        groups += [mine[g] for g in plan_micro_batches(lengths[mine], max_tokens)]
+    return groups
+
+
 def pad_batch(sequences: list[np.ndarray], pad_value: int, ids_out: np.ndarray | None = None,
               mask_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad to the longest sequence: (ids [b, L], attention mask [b, L]).

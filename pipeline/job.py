@@ -34,12 +34,17 @@ from pipeline.meter import StageMeter
 from pipeline.models import weights_bytes
 from pipeline.output import STAGING_DIR, SUCCESS, SUMMARY, OutputDir, StorageFailed, root_cause, storage_failed
 from pipeline.progress import Display, RowTotal
-from pipeline.sinks import Finalizing, ShardCompletion, WriteParts, finalize_shard
-from pipeline.sources import InputError, Piece, ShardReader, ShardUnreadable, count_rows, plan_pieces, probe_id_type
+from pipeline.sinks import Finalizing, ShardCompletion, WriteParts, finalize_shards
+from pipeline.sources import (
+    InputError, Piece, ShardReader, ShardUnreadable, count_rows, group_pieces, plan_pieces, probe_id_type,
+)
 from pipeline.sources import reader_columns
 from pipeline.summary import Progress, build_summary, error_verdict, totals, write_complete, write_progress
 
 PROGRESS_SECONDS = 5.0
+# Small shards share a read task up to a batch's worth of input: rows_per_batch x this many bytes (a
+# short document's, generously).
+GROUP_BYTES_PER_ROW = 1024
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,8 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
 
     split = int(spec.input.split_mb * 1e6) if spec.input.split_mb else None
     pieces = plan_pieces(todo, spec.storage, split, frozenset(job.limits)) if split else [Piece(s.index, 0) for s in todo]
+    streamed, grouped = group_pieces(pieces, {s.index: s for s in todo},
+                                     spec.batching.rows_per_batch * GROUP_BYTES_PER_ROW)
     # The job's bookkeeping lives with the driver: Ray would place an actor that needs no resources on
     # any node, and one lost with a worker node would fail a run that Ray otherwise recovers.
     with_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -220,15 +227,22 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     stages = [*placed.stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)]
     check_chain([reading, *stages])
     # One loop over the stage descriptions: read -> the head's stages (as pipeline.apply) -> write.
-    ds = ray.data.from_items([{"piece": i} for i in range(len(pieces))], override_num_blocks=len(pieces))
-    ds = compose(ds, [reading], spec, meter)
-    # A shard would leave its reader as one block (Ray Data's 128 MiB output buffer) and go from stage
-    # to stage whole; cut into blocks of a batch, it streams (the model starts on the first batch; the
+    # A shard would leave its reader as one block (Ray Data's 128 MiB output buffer) and go from stage to
+    # stage whole; cut into blocks of a batch, it streams (the model starts on the first batch; the
     # display and the markers move during a one-file run). The cut runs in the read tasks.
-    ds = in_blocks_of(ds, spec.batching.rows_per_batch, READ_CPUS, cpu_nodes)
-    ds = compose(ds, stages, spec, meter)
+    branches = []
+    if streamed or not grouped:  # (no piece at all: one empty task, so the flow is the same)
+        ds = ray.data.from_items([{"tasks": t} for t in streamed or [[]]], override_num_blocks=max(1, len(streamed)))
+        branches.append(in_blocks_of(compose(ds, [reading], spec, meter), spec.batching.rows_per_batch, READ_CPUS,
+                                     cpu_nodes))
+    if grouped:
+        # A group of small shards leaves its read task as one block of whole shards: a cut could split a
+        # shard between two batches, differently in a resumed run (see pipeline.batching.plan_by_segment).
+        ds = ray.data.from_items([{"tasks": t} for t in grouped], override_num_blocks=len(grouped))
+        branches.append(compose(ds, [reading], spec, meter))
+    ds = compose(branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0], stages, spec, meter)
 
-    completion = ShardCompletion(todo, job.plan.done, _finalizing(job), ledger, ray.remote(num_cpus=0)(finalize_shard),
+    completion = ShardCompletion(todo, job.plan.done, _finalizing(job), ledger, ray.remote(num_cpus=0)(finalize_shards),
                                  placed.finalize_in_flight)
     job.display.message(placed.pool_line)
     job.display.start(completion.snapshot, RowTotal(todo, spec.storage, job.limits), job.started)
@@ -365,8 +379,10 @@ def _remove_if_empty(folders: list[str]) -> None:
 
 
 class ReadShards:
-    """The read stage (Ray tasks): each piece of a shard read into batches, capped at a --limit run's
-    rows, its row count (or why it could not be read) reported to the ledger."""
+    """The read stage (Ray tasks): each item is a read task's pieces (pipeline.sources.group_pieces). A
+    piece alone streams its shard's rows in tables as they are read; a group's shards are read whole
+    and leave as one table. Capped at a --limit run's rows; the rows of each piece (or why its shard
+    could not be read) reported to the ledger in one call per task."""
 
     columns = C.READ
 
@@ -377,28 +393,47 @@ class ReadShards:
     def __call__(self, batch: dict):
         import ray
 
-        for index in batch["piece"]:
-            piece = self.pieces[int(index)]
-            shard = self.shards[piece.shard]
-            cap = self.limits.get(shard.key)  # a limited shard is one piece
-            rows = 0
-            try:
-                tables = self.reader.read(shard, piece)
-                while cap is None or rows < cap:
-                    t0 = time.perf_counter()
-                    table = next(tables, None)
-                    if table is None:
-                        break
-                    if cap is not None and rows + table.num_rows > cap:
-                        table = table.slice(0, cap - rows)
-                    self.meter.record.remote("read", time.time(), time.perf_counter() - t0, table.num_rows)
-                    rows += table.num_rows
-                    yield table
-                tables.close()
-            except ShardUnreadable as e:
-                ray.get(self.ledger.unreadable.remote(shard.index, str(e)))
-            else:
-                ray.get(self.ledger.read.remote(shard.index, rows, piece.part))
+        for task in batch["tasks"]:
+            reads, unreadable, kept = [], [], []
+            for index in task:
+                piece = self.pieces[int(index)]
+                shard = self.shards[piece.shard]
+                rows, tables = 0, []
+                try:
+                    for table in self._tables(shard, piece):
+                        rows += table.num_rows
+                        if len(task) == 1:
+                            yield table
+                        else:
+                            tables.append(table)
+                except ShardUnreadable as e:
+                    unreadable.append((shard.index, str(e)))
+                else:
+                    reads.append((shard.index, rows, piece.part))
+                    kept += tables  # a shard that failed part-way leaves none of its rows
+            if kept:
+                yield pa.concat_tables(kept, promote_options="default")
+            ray.get(self.ledger.report.remote(reads, unreadable))
+
+    def _tables(self, shard, piece):
+        """The piece's rows in tables as the reader gives them, capped at the shard's --limit, each timed
+        for the meter."""
+        cap = self.limits.get(shard.key)  # a limited shard is one piece
+        rows = 0
+        tables = self.reader.read(shard, piece)
+        try:
+            while cap is None or rows < cap:
+                t0 = time.perf_counter()
+                table = next(tables, None)
+                if table is None:
+                    break
+                if cap is not None and rows + table.num_rows > cap:
+                    table = table.slice(0, cap - rows)
+                self.meter.record.remote("read", time.time(), time.perf_counter() - t0, table.num_rows)
+                rows += table.num_rows
+                yield table
+        finally:
+            tables.close()
 
 
 class WritePartsMetered:

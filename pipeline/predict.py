@@ -14,7 +14,7 @@ import pyarrow as pa
 import torch
 
 from pipeline import columns as C
-from pipeline.batching import pad_batch, padded_slots, plan_micro_batches
+from pipeline.batching import pad_batch, padded_slots, plan_by_segment
 from pipeline.models import load_model
 from pipeline.stages import Postprocess, Tokenize, load_head
 
@@ -41,7 +41,7 @@ class Predict:
     """Callable over a `pyarrow.Table` batch of tokenized documents; adds one `_out_<name>` column per
     head output (per window, a flat list) and `_padded_slots`."""
 
-    columns = C.StageColumns(reads=(C.INPUT_IDS, C.TOKEN_TYPE_IDS), adds=(C.PADDED_SLOTS,))
+    columns = C.StageColumns(reads=(C.SHARD, C.INPUT_IDS, C.TOKEN_TYPE_IDS), adds=(C.PADDED_SLOTS,))
 
     def __init__(self, spec, head=None, model=None, device: str | None = None):
         self.spec = spec
@@ -80,7 +80,9 @@ class Predict:
                     types[first_window[d] + w] = flat_types[first_type[d] + w]
         lengths = np.array([len(w) for w in windows], dtype=np.int64)
         results: dict[str, list] = {name: [None] * len(windows) for name in self.head.forward_outputs}
-        groups = plan_micro_batches(lengths, self.max_tokens) if len(windows) else []
+        # A micro-batch never mixes shards: a batch may hold several small ones (pipeline.job's read groups).
+        shard_of_window = batch.column(C.SHARD).to_numpy()[np.asarray(owner, dtype=np.int64)]
+        groups = plan_by_segment(lengths, shard_of_window, self.max_tokens) if len(windows) else []
         started = time.perf_counter()
         for group, inputs in self.feeder.feed(groups, windows, types):
             self._run_group(group, inputs, windows, types, lengths, results)

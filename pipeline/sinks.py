@@ -9,7 +9,7 @@ all there, and writes the shard's final files in input order, deterministically 
 marker. The counts in the marker come from those files, not from what tasks reported.
 
 `ShardCompletion` is the driver's side: it knows when a shard's rows are all in and hands the shard
-to `finalize_shard`, a few at a time.
+to `finalize_shard`, several shards to a task (`finalize_shards`) and a few tasks at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pipeline.progress import Snapshot
 from pipeline.sources import Shard
 from pipeline.stats import empty_stats, shard_stats
 
+# Shards finalised by one task at most: small shards share a task (its start costs more than their files).
+FINALIZE_BATCH = 64
 # What the writer reports per shard and batch, for progress only (the markers are the record).
 PROGRESS_COLUMNS = ("shard", "documents", "rows_errored", "tokens")
 
@@ -138,6 +140,21 @@ def finalize_shard(finalizing: Finalizing, shard: Shard, rows_read: int) -> Mark
     return marker
 
 
+def finalize_shards(finalizing: Finalizing, shards: list[tuple[Shard, int]]) -> list[tuple[str, object]]:
+    """`finalize_shard` for several shards in one task (small shards cost a task each otherwise): per
+    shard, ("done", Marker), ("incomplete", why) or ("failed", why). Each shard stands alone: one that
+    cannot be finished leaves the others' markers written."""
+    out = []
+    for shard, rows in shards:
+        try:
+            out.append(("done", finalize_shard(finalizing, shard, rows)))
+        except ShardIncomplete as e:
+            out.append(("incomplete", f"{shard.name}: {e}"))
+        except Exception as e:  # noqa: BLE001 - storage failing while writing: this shard is not done
+            out.append(("failed", f"{shard.name}: cannot write its results ({root_cause(e)})"))
+    return out
+
+
 def duplicate_ids(table: pa.Table) -> int:
     """Input rows (documents: per-token output gives a document several rows, all with its `_row`) whose
     id is not null and was the id of an earlier row of the shard, result and error rows together.
@@ -182,10 +199,11 @@ def top_reasons(errors: list[str], n: int = 5) -> dict[str, int]:
 
 class ShardCompletion:
     """The driver's bookkeeping of shards in flight: the rows that arrived as parts, the rows each
-    reader found (from the ledger, pipeline/ledger.py), and the finalisations running. A shard whose
-    parts hold all its rows is handed to `finalize` (`finalize_shard` as a Ray task); its marker lands
-    in `markers`, and a shard that cannot be finished gets its reason in `failed`. At most
-    `max_in_flight` shards are finalised at once (pipeline.placement)."""
+    reader found (from the ledger, pipeline/ledger.py), and the finalisations running. Shards whose
+    parts hold all their rows are handed to `finalize` (`finalize_shards` as a Ray task), up to
+    FINALIZE_BATCH in one task; their markers land in `markers`, and a shard that cannot be finished
+    gets its reason in `failed`. At most `max_in_flight` tasks run at once (pipeline.placement). Each
+    step costs what is new since the last, not the number of shards."""
 
     def __init__(self, todo: list, done: dict[str, Marker], finalizing: Finalizing, ledger, finalize,
                  max_in_flight: int):
@@ -199,7 +217,9 @@ class ShardCompletion:
         self.arrived = {s.index: 0 for s in todo}  # documents written as parts, per shard
         self.todo = todo
         self.rows_read: dict[int, int] = {}
-        self.in_flight: dict = {}  # finalize task -> shard index
+        self.waiting: set[int] = set()  # read whole, not yet handed to finalisation (or handed back)
+        self.fresh: set[int] = set()  # shards with rows arrived or read since the last step
+        self.in_flight: dict = {}  # finalize task -> shard indices
         self.tried_at: dict[int, int] = {}  # shard index -> rows arrived when last handed to finalisation
         self.errored = self.tokens = 0
 
@@ -207,6 +227,7 @@ class ShardCompletion:
         """One writer task's counts (PROGRESS_COLUMNS)."""
         for shard, docs, errs, toks in zip(*(stats.column(c).to_pylist() for c in stats.column_names)):
             self.arrived[shard] += docs
+            self.fresh.add(shard)
             self.errored += errs
             self.tokens += toks
 
@@ -215,28 +236,31 @@ class ShardCompletion:
         written (the stream ended), so try every shard and wait for the finalisations."""
         import ray
 
-        got_rows, got_failed = ray.get(self.ledger.snapshot.remote())
+        got_rows, got_failed = ray.get(self.ledger.take.remote())
         self.rows_read.update(got_rows)
+        self.waiting.update(i for i in got_rows if not self._settled(i))
+        self.fresh.update(got_rows)
         for index, reason in got_failed.items():
             self.failed.setdefault(self.by_index[index].key, reason)
-        for index, n in self.rows_read.items():
-            if len(self.in_flight) >= self.max_in_flight:
-                break
-            if self._settled(index) or index in self.in_flight.values():
-                continue
-            if not final and (self.arrived[index] < n or self.tried_at.get(index) == self.arrived[index]):
-                continue  # not all rows yet, or tried with these rows already: wait for more
-            self.tried_at[index] = self.arrived[index]
-            self.in_flight[self._submit(self.by_index[index], n)] = index
+            self.waiting.discard(index)
+        candidates, self.fresh = (self.waiting if final else self.fresh & self.waiting), set()
+        ready = [i for i in sorted(candidates)
+                 if final or (self.arrived[i] >= self.rows_read[i] and self.tried_at.get(i) != self.arrived[i])]
+        while ready and len(self.in_flight) < self.max_in_flight:
+            batch, ready = ready[:FINALIZE_BATCH], ready[FINALIZE_BATCH:]
+            for index in batch:
+                self.tried_at[index] = self.arrived[index]
+                self.waiting.discard(index)
+            self.in_flight[self._submit(batch)] = batch
         if self.in_flight:
-            ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=None if final else 0)
-            for ref in ready:
+            done, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=None if final else 0)
+            for ref in done:
                 self._collect(ref, final)
 
     def finish(self) -> None:
         """After the stream: finalise every shard that can be, and name the ones that cannot."""
         self.step(final=True)  # also when no batch came back at all (only empty or unreadable shards)
-        while self.in_flight or any(not self._settled(i) for i in self.rows_read):
+        while self.in_flight or self.waiting:
             self.step(final=True)
         for s in self.todo:  # a shard whose reader never reported (a bug of ours): not done
             if not self._settled(s.index):
@@ -257,17 +281,23 @@ class ShardCompletion:
         key = self.by_index[index].key
         return key in self.markers or key in self.failed
 
-    def _submit(self, shard, rows: int):
-        return self.finalize.remote(self.finalizing, shard, rows)
+    def _submit(self, indices: list[int]):
+        return self.finalize.remote(self.finalizing, [(self.by_index[i], self.rows_read[i]) for i in indices])
 
     def _collect(self, ref, final: bool) -> None:
         import ray
 
-        shard = self.by_index[self.in_flight.pop(ref)]
+        indices = self.in_flight.pop(ref)
         try:
-            self.markers[shard.key] = ray.get(ref)
-        except ShardIncomplete as e:
-            if final:  # otherwise more rows may still come
-                self.failed[shard.key] = f"{shard.name}: {e}"
-        except Exception as e:  # noqa: BLE001 - storage failing while writing: the shard is not done
-            self.failed[shard.key] = f"{shard.name}: cannot write its results ({root_cause(e)})"
+            outcomes = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - the task itself failed (Ray gave up on it): its shards are not done
+            outcomes = [("failed", f"{self.by_index[i].name}: cannot write its results ({root_cause(e)})")
+                        for i in indices]
+        for index, (outcome, value) in zip(indices, outcomes):
+            key = self.by_index[index].key
+            if outcome == "done":
+                self.markers[key] = value
+            elif outcome == "failed" or final:
+                self.failed[key] = value
+            else:  # incomplete: more rows may still come; tried again when they do
+                self.waiting.add(index)

@@ -375,6 +375,28 @@ def plan_pieces(shards: list[Shard], storage, split_bytes: int, whole: frozenset
     return pieces
 
 
+def group_pieces(pieces: list[Piece], shards: dict[int, Shard], group_bytes: int) -> tuple[list, list]:
+    """The read tasks: (streamed, grouped), each a list of piece-index lists. A shard smaller than
+    `group_bytes` (read whole, its size known) shares a task with the small shards after it, up to
+    `group_bytes` together, and they leave the task as one block: many small shards cost a few tasks,
+    not one each. Every other piece is a task of its own whose rows stream on in batches. Which way a
+    shard goes depends on the shard alone, so a resumed run reads it as the full run did."""
+    streamed, grouped, group, size = [], [], [], 0
+    for i, piece in enumerate(pieces):
+        n = shards[piece.shard].identity.get("size")
+        if piece.row_groups is not None or not isinstance(n, int) or n >= group_bytes:
+            streamed.append([i])
+            continue
+        if group and size + n > group_bytes:
+            grouped.append(group)
+            group, size = [], 0
+        group.append(i)
+        size += n
+    if group:
+        grouped.append(group)
+    return streamed, grouped
+
+
 def _row_groups(shard: Shard, storage) -> list[tuple[int, int]] | None:
     """(rows, compressed bytes) of each row group, or None when the footer cannot be read."""
     try:

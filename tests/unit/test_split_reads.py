@@ -68,11 +68,11 @@ def test_small_files_one_row_group_files_and_limited_shards_are_read_whole(tmp_p
 
 def test_a_split_shard_counts_once_all_its_pieces_reported():
     ledger = ReadLedger({0: 3, 1: 1})
-    ledger.read(0, 100, part=0)
-    ledger.read(1, 7)
-    ledger.read(0, 100, part=2)
-    assert ledger.snapshot()[0] == {1: 7}  # shard 0 still waits for part 1
-    ledger.read(0, 100, part=2)  # a retried task reports its piece again: counted once
-    ledger.read(0, 50, part=1)
-    assert ledger.snapshot()[0] == {0: 250, 1: 7}
+    ledger.report([(0, 100, 0), (1, 7, 0)])
+    ledger.report([(0, 100, 2)])
+    assert ledger.take() == ({1: 7}, {})  # shard 0 still waits for part 1
+    ledger.report([(0, 100, 2)])  # a retried task reports its piece again: counted once
+    ledger.report([(0, 50, 1)], unreadable=[(2, "bad")])
+    assert ledger.take() == ({0: 250}, {2: "bad"})
+    assert ledger.take() == ({}, {})  # only what is new since the last take
 
