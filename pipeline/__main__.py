@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import threading
 import warnings
@@ -294,7 +293,9 @@ def _command(args, verbose: bool) -> tuple[int, str | None, str | None]:
         if _ray_up() and not ray_was_up:
             # Stop the Ray this command started (or detach from the cluster) while stdout still goes
             # to stderr: its shutdown messages must not follow the summary.
-            _stop_ray()
+            from pipeline import raycompat
+
+            raycompat.shutdown()
 
 
 def _one_line(e: BaseException) -> str:
@@ -329,24 +330,6 @@ def _readable_json(obj) -> str:
     """Indented JSON with lists of numbers (the summary's timeline) on one line each."""
     text = json.dumps(obj, indent=2)
     return _SCALAR_LIST.sub(lambda m: "[" + ", ".join(p.strip() for p in m.group(1).split(",\n")) + "]", text)
-
-
-def _stop_ray() -> None:
-    """ray.shutdown(), a second sooner when this command started the Ray: its autoscaler monitor (of no
-    use to a one-node run) answers SIGTERM by reporting to the GCS, which ray.shutdown stops before it,
-    and so took its whole second of grace before being killed. It is killed first. Ray's node object is
-    internal: where it is not found, plain ray.shutdown()."""
-    import ray
-
-    try:
-        monitors = ray._private.worker._global_node.all_processes.get("monitor", [])
-    except AttributeError:  # attached to a cluster (no node of ours), or another Ray's internals
-        monitors = []
-    for info in monitors:
-        info.process.kill()  # a Popen: one already gone is no error
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            info.process.wait(timeout=1)
-    ray.shutdown()
 
 
 def _ray_up() -> bool:

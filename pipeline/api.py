@@ -10,7 +10,8 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline import placement
-from pipeline.compose import POSTPROCESS_CPUS, TOKENIZE_CPUS, Stage, check_chain, compose, in_blocks_of
+from pipeline.compose import POSTPROCESS_CPUS, TOKENIZE_CPUS, Stage, check_chain, compose
+from pipeline.raycompat import in_blocks_of
 from pipeline.spec import JobSpec, SpecError, load_spec, spec_from_dict
 
 ERROR_COLUMN = "error"  # apply's output: null, or why the row has no outputs

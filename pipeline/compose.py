@@ -130,23 +130,6 @@ class ModelStages:
         self.parts = tuple(head_stages(spec).items())
 
 
-def in_blocks_of(ds, rows: int, num_cpus: float, resources: dict | None):
-    """`ds.repartition(target_num_rows_per_block=rows)` fused into the map before it, whose Ray
-    `num_cpus` and `resources` are given: a block that map yields whole (a shard's reader output, one
-    block under Ray Data's 128 MiB buffer) goes on in blocks of `rows`, so the stages after it stream.
-    Ray Data 2.60 fuses the cut only into a map with the same remote args, and `repartition` gives it
-    none (one CPU a task): alone it waited for a CPU that the actor pools held, and a run on 2 CPUs
-    stalled. So the same operator is built with the map's args (Ray Data's own logical operator)."""
-    from ray.data._internal.logical.interfaces import LogicalPlan
-    from ray.data._internal.logical.operators import StreamingRepartition
-    from ray.data.dataset import Dataset
-
-    args = {"num_cpus": num_cpus, **({"resources": resources} if resources else {})}
-    op = StreamingRepartition(target_num_rows_per_block=rows, input_dependencies=[ds._logical_plan.dag],
-                              ray_remote_args=args)
-    return Dataset._from_parent(ds, LogicalPlan(op, ds.context))
-
-
 def _bound(stage_class, stage: str, spec, meter):
     """`stage_class` as a Ray Data actor class built with `spec` and, with a meter, reporting each
     batch to it. The spec and the meter are bound to the class rather than passed as constructor

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline import placement, preflight
-from pipeline.compose import READ_CPUS, Stage, check_chain, column_sum, compose, in_blocks_of
+from pipeline.compose import READ_CPUS, Stage, check_chain, column_sum, compose
 from pipeline.errors import JobFailed, UserError
 from pipeline.lease import Lease
 from pipeline.ledger import ReadLedger
@@ -34,6 +34,7 @@ from pipeline.meter import StageMeter
 from pipeline.models import weights_bytes
 from pipeline.output import STAGING_DIR, SUCCESS, SUMMARY, OutputDir, StorageFailed, root_cause, storage_failed
 from pipeline.progress import Display, RowTotal
+from pipeline.raycompat import in_blocks_of
 from pipeline.sinks import Finalizing, ShardCompletion, WriteParts, finalize_shards
 from pipeline.sources import (
     InputError, Piece, ShardReader, ShardUnreadable, count_rows, group_pieces, plan_pieces, probe_id_type,

@@ -13,6 +13,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from pipeline import raycompat
 from pipeline.compose import READ_CPUS, TOKENIZE_CPUS, Stage, model_stages
 from pipeline.errors import JobFailed
 from pipeline.spec import SpecError, pool_bounds
@@ -147,9 +148,7 @@ def cluster_address(spec) -> str | None:
     address = spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
     if not address:
         # A node where `ray start` ran (a cluster head) records its address; `ray stop` clears it.
-        from ray._private.utils import read_ray_address
-
-        address = read_ray_address()
+        address = raycompat.recorded_address()
     return address
 
 

@@ -299,7 +299,7 @@ def test_help_has_examples_and_exit_codes(capsys):
 
 
 def test_the_command_stops_its_ray_without_waiting_on_the_autoscaler_monitor():
-    """_stop_ray kills the monitor before ray.shutdown, which would SIGTERM it after stopping the GCS and
+    """raycompat.shutdown kills the monitor before ray.shutdown, which would SIGTERM it after stopping the GCS and
     wait out its second of grace; then every process of that Ray is gone."""
     script = textwrap.dedent("""
         import json, os, ray
@@ -309,8 +309,8 @@ def test_the_command_stops_its_ray_without_waiting_on_the_autoscaler_monitor():
         processes = [i.process for infos in node.all_processes.values() for i in infos]
         at_shutdown, shutdown = [], ray.shutdown
         ray.shutdown = lambda: (at_shutdown.append(monitor.process.poll()), shutdown())
-        from pipeline.__main__ import _stop_ray
-        _stop_ray()
+        from pipeline import raycompat
+        raycompat.shutdown()
         print(json.dumps({"monitor_at_shutdown": at_shutdown, "up": ray.is_initialized(),
                           "alive": [p.args[0] for p in processes if p.poll() is None]}))
     """)

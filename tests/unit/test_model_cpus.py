@@ -23,10 +23,10 @@ def _spec(**resources):
 
 @pytest.fixture
 def no_cluster(monkeypatch):
-    import ray._private.utils
+    from pipeline import raycompat
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda *a, **k: None)
+    monkeypatch.setattr(raycompat, "recorded_address", lambda: None)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
 
 

@@ -89,12 +89,11 @@ def test_embeddings_spec_is_a_laptop_run_without_a_cluster(monkeypatch):
     # Issue 21: jobs/embeddings.yaml sized its pools (cpus_per_actor: 2), which switched the faster
     # laptop mode off. With no Ray running and no cluster to attach to, it is a laptop run.
     import ray
-    import ray._private.utils
 
-    from pipeline import placement
+    from pipeline import placement, raycompat
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(ray._private.utils, "read_ray_address", lambda *a, **k: None)
+    monkeypatch.setattr(raycompat, "recorded_address", lambda: None)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     spec = load_spec(REPO_ROOT / "jobs" / "embeddings.yaml")
     assert not placement.spec_sizes_pools(spec)
