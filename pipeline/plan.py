@@ -87,6 +87,7 @@ class Rates:
     output_rows_per_document: float | None  # None: from the granularity
     documents_per_shard: float | None  # None: DEFAULT_DOCUMENTS_PER_SHARD
     origin: str  # where the rates come from, for the reader
+    model_note: str = ""  # why the model's rate is not the summary's, when it is not
 
 
 def default_rates(spec) -> Rates:
@@ -117,7 +118,12 @@ def rates_from_summary(summary: dict, spec, origin: str) -> Rates:
         per_stage[stage], sources[stage] = (rate, "measured") if rate else (defaults[stage], "default")
     out_rows = summary["output_rows"] / summary["rows_written"] if summary.get("rows_written") else None
     per_shard = summary["rows_read"] / summary["shards"] if summary.get("shards") and summary.get("rows_read") else None
-    return Rates(per_stage, sources, per_doc, out_rows, per_shard, origin)
+    note = ""
+    if spec.resources.gpus_per_actor and not (summary.get("model_pool") or {}).get("gpus_per_actor"):
+        # A CPU's model rate would ask for tens of GPUs where one does: a GPU's is the default instead.
+        per_stage["predict"], sources["predict"] = defaults["predict"], "default"
+        note = "the default GPU rate: the summary's model ran on CPU"
+    return Rates(per_stage, sources, per_doc, out_rows, per_shard, origin, note)
 
 
 def load_summary(path: str, storage=None) -> tuple[dict, str]:
@@ -205,7 +211,8 @@ def plan(spec, work: Workload, rates: Rates, *, config: dict | None = None,
     limits += _s3(spec, rates, work)
     model_name = "GPUs" if res.gpus_per_actor else "model actors (CPU)"
     limits.append({"limit": model_name, "ceiling_tokens_per_second": round(model_actors * r["predict"], 1),
-                   "detail": f"{model_actors} model actor(s) x {r['predict']:,.0f} tokens/s"})
+                   "detail": f"{model_actors} model actor(s) x {r['predict']:,.0f} tokens/s"
+                             + (f" ({rates.model_note})" if rates.model_note else "")})
     for limit in limits:
         limit["hours"] = round(tokens / limit["ceiling_tokens_per_second"] / 3600, 3)
     first = min(limits, key=lambda lim: lim["ceiling_tokens_per_second"])
@@ -214,7 +221,7 @@ def plan(spec, work: Workload, rates: Rates, *, config: dict | None = None,
         "target_tokens_per_second": round(target, 1),
         "rates_from": rates.origin, "tokens_per_document": round(per_doc, 1),
         "stages": stages, "cpu_cores": cores, "cpu_stage_cores": round(cpu_stage_cores, 2),
-        "model_actors": model_actors, "model_actor_cpus": model_cpus, "gpus": gpus,
+        "model_actors": model_actors, "model_actor_cpus": model_cpus, "gpus": gpus, "model_note": rates.model_note,
         "limits": limits, "first_limit": first["limit"], "pools_too_small": _pools_too_small(spec, stages),
         "meets_target": first["ceiling_tokens_per_second"] >= target,
         "granularity": granularity, "head": spec.model.head,
@@ -306,7 +313,8 @@ def format_plan(p: dict) -> str:
         lines.append(f"{name:<12}{s['tokens_per_second']:>20,.0f}  {s['source']:<9}{s['workers']:>8,}{cores}")
     lines += ["", f"need: {p['cpu_cores']:,} CPU cores ({p['cpu_stage_cores']:,.2f} for read, tokenize, postprocess "
               f"and write, {p['model_actor_cpus']:,g} for the model actors, 1 for the driver), "
-              f"{p['model_actors']:,} model actor(s), {p['gpus']:,g} GPU(s)", ""]
+              f"{p['model_actors']:,} model actor(s), {p['gpus']:,g} GPU(s)"
+              + (f" ({p['model_note']})" if p.get("model_note") else ""), ""]
     lines.append(f"{'limit':<26}{'ceiling tokens/s':>17}{'hours':>9}  detail")
     for lim in sorted(p["limits"], key=lambda lim: lim["ceiling_tokens_per_second"]):
         lines.append(f"{lim['limit']:<26}{lim['ceiling_tokens_per_second']:>17,.0f}{lim['hours']:>9,.2f}  "

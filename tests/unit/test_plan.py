@@ -18,7 +18,7 @@ from pipeline.spec import spec_from_dict
 # (10 M tokens/s).
 SUMMARY = {
     "status": "complete", "rows_read": 10_000, "rows_written": 10_000, "rows_errored": 0, "output_rows": 10_000,
-    "tokens": 1_000_000, "shards": 10,
+    "tokens": 1_000_000, "shards": 10, "model_pool": {"actors": 1, "cpus_per_actor": 1.0, "gpus_per_actor": 1},
     "stages": {
         "read": {"rows": 10_000, "tokens": None, "busy_seconds": 1.0, "batches": 10, "rows_per_second": 10_000.0,
                  "tokens_per_second": None},
@@ -229,3 +229,19 @@ def test_every_limit_but_the_gpus_comes_with_a_fix():
         format_plan(store))
     files = make_plan(job(rows_per_batch=1000, rows_per_file=10))
     assert "raise batching.rows_per_batch and output.rows_per_file" in format_plan(files)
+
+
+def test_a_cpu_runs_model_rate_does_not_size_gpus_and_the_lines_say_so():
+    """A summary from a laptop run (the model on CPU) under a GPU spec: the GPU count comes from the
+    default GPU rate, and the lines that carry GPU figures say why."""
+    cpu_run = {**SUMMARY, "model_pool": {"actors": 2, "cpus_per_actor": 1.0, "gpus_per_actor": 0}}
+    spec = job()
+    p = plan(spec, Workload(TOKENS, HOURS), rates_from_summary(cpu_run, spec, "summary"), config={})
+    assert p["stages"]["predict"] == {**p["stages"]["predict"], "tokens_per_second": DEFAULT_MODEL_RATE_GPU,
+                                      "source": "default"}
+    assert p["stages"]["tokenize"]["source"] == "measured"  # the CPU stages' rates still count
+    gpu_line = next(lim for lim in p["limits"] if lim["limit"] == "GPUs")
+    assert "the default GPU rate: the summary's model ran on CPU" in gpu_line["detail"]
+    need = next(line for line in format_plan(p).splitlines() if line.startswith("need:"))
+    assert "GPU(s) (the default GPU rate: the summary's model ran on CPU)" in need
+    assert make_plan(spec)["model_note"] == ""  # a GPU run's own rate: no note
