@@ -33,13 +33,14 @@ from pipeline.markers import (
 from pipeline.meter import StageMeter
 from pipeline.models import weights_bytes
 from pipeline.output import STAGING_DIR, SUCCESS, SUMMARY, OutputDir, StorageFailed, root_cause, storage_failed
-from pipeline.progress import Display, RowTotal
+from pipeline.progress import Display, ReadTotal, RowTotal
 from pipeline.raycompat import in_blocks_of
 from pipeline.sinks import Finalizing, ShardCompletion, WriteParts, finalize_shards
 from pipeline.sources import (
     InputError, Piece, ShardReader, ShardUnreadable, count_rows, group_pieces, plan_pieces, probe_id_type,
 )
 from pipeline.sources import reader_columns
+from pipeline.storage import protocol_of
 from pipeline.summary import Progress, build_summary, error_verdict, totals, write_complete, write_progress
 
 PROGRESS_SECONDS = 5.0
@@ -210,8 +211,10 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
 
     split = int(spec.input.split_mb * 1e6) if spec.input.split_mb else None
     pieces = plan_pieces(todo, spec.storage, split, frozenset(job.limits)) if split else [Piece(s.index, 0) for s in todo]
-    streamed, grouped = group_pieces(pieces, {s.index: s for s in todo},
-                                     spec.batching.rows_per_batch * GROUP_BYTES_PER_ROW)
+    # Carried input columns (output.columns) may have another type in each shard, and one block holds
+    # one schema: then every shard goes alone.
+    group_bytes = 0 if spec.output.columns else spec.batching.rows_per_batch * GROUP_BYTES_PER_ROW
+    streamed, grouped = group_pieces(pieces, {s.index: s for s in todo}, group_bytes)
     # The job's bookkeeping lives with the driver: Ray would place an actor that needs no resources on
     # any node, and one lost with a worker node would fail a run that Ray otherwise recovers.
     with_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -246,7 +249,9 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     completion = ShardCompletion(todo, job.plan.done, _finalizing(job), ledger, ray.remote(num_cpus=0)(finalize_shards),
                                  placed.finalize_in_flight)
     job.display.message(placed.pool_line)
-    job.display.start(completion.snapshot, RowTotal(todo, spec.storage, job.limits), job.started)
+    total = (RowTotal(todo, spec.storage, job.limits) if protocol_of(spec.input.path) == "file"
+             else ReadTotal(completion, len(todo)))
+    job.display.start(completion.snapshot, total, job.started)
     stopped = None
     try:
         _stream(job, ds, completion)
@@ -411,7 +416,9 @@ class ReadShards:
                     unreadable.append((shard.index, str(e)))
                 else:
                     reads.append((shard.index, rows, piece.part))
-                    kept += tables  # a shard that failed part-way leaves none of its rows
+                    # A shard that failed part-way leaves none of its rows; an empty one, no table (its
+                    # ids' type is the fallback's, which need not be the job's).
+                    kept += [t for t in tables if t.num_rows]
             if kept:
                 yield pa.concat_tables(kept, promote_options="default")
             ray.get(self.ledger.report.remote(reads, unreadable))

@@ -200,9 +200,10 @@ class OutputDir:
         return self.fs.exists(self.full(rel))
 
     @_storage_call("remove files from")
-    def remove(self, rels: list[str]) -> int:
-        """Remove these files (missing ones are fine); returns how many were there."""
-        present = [r for r in rels if self.exists(r)]
+    def remove(self, rels: list[str], known: bool = False) -> int:
+        """Remove these files (missing ones are fine); returns how many were there. `known`: the caller
+        has just written or listed them, so they are not looked up one by one first."""
+        present = rels if known else [r for r in rels if self.exists(r)]
         if present:
             self.fs.rm([self.full(r) for r in present])
         return len(present)

@@ -1,8 +1,9 @@
 """Progress on stderr while the job runs: a live bar on a terminal, plain lines otherwise.
 
-The bar shows rows done out of rows total, tokens/s and an ETA. The total comes from the input
-itself (`pipeline.sources.count_rows`: Parquet footers, JSONL line counts), counted in a background
-thread while the job starts, so a corpus of many files does not delay the first batch.
+The bar shows rows done out of rows total, tokens/s and an ETA. The total of local input comes from
+the files themselves (`pipeline.sources.count_rows`: Parquet footers, JSONL line counts), counted in
+a background thread while the job starts, so a corpus of many files does not delay the first batch;
+on object storage it grows as the readers report their shards (`ReadTotal`), which costs no request.
 """
 
 from __future__ import annotations
@@ -64,6 +65,26 @@ class RowTotal:
     @property
     def exact(self) -> bool:
         return self.unknown == 0
+
+
+class ReadTotal:
+    """Rows in the shards of this run as their readers report them (a sinks.ShardCompletion's
+    `rows_read`): on object storage, where counting them apart would fetch every shard twice. Exact once
+    every shard is read or has failed."""
+
+    def __init__(self, completion, shards: int):
+        self.completion, self.shards = completion, shards
+
+    @property
+    def known(self) -> int:
+        return sum(list(self.completion.rows_read.values()))  # a copy: the driver adds to it meanwhile
+
+    @property
+    def exact(self) -> bool:
+        return len(self.completion.rows_read) + len(self.completion.failed) >= self.shards
+
+    def stop(self, timeout: float = 0.0) -> None:
+        """Nothing runs apart to stop."""
 
 
 class Display:

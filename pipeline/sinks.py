@@ -90,7 +90,8 @@ def finalize_shard(finalizing: Finalizing, shard: Shard, rows_read: int) -> Mark
     ShardIncomplete when some of its `rows_read` rows are not in the parts."""
     f, key = finalizing, shard.key
     file_metadata = {**f.file_metadata, "bert_batch.shard": shard.path}
-    table = _rows_once(f.output, key, rows_read)
+    parts = f.output.list(f"{STAGING_DIR}/{key}", ".parquet")
+    table = _rows_once(f.output, key, parts, rows_read)
     files: dict[str, pa.Table] = {}
     error_files: dict[str, pa.Table] = {}
     counts = dict.fromkeys((c for c in COUNTS if c != "rows"), 0)  # an empty shard's
@@ -135,7 +136,7 @@ def finalize_shard(finalizing: Finalizing, shard: Shard, rows_read: int) -> Mark
                     error_files=list(error_files), rows=rows_read, **counts, top_errors=top_errors, **stats,
                     spec=f.spec, run_id=f.run_id, limit=f.limits.get(key), finished_at=time.time())
     f.output.write_json(marker_file(key), marker.to_json())
-    f.output.remove([pending_file(key), *f.output.list(f"{STAGING_DIR}/{key}", ".parquet")])
+    f.output.remove([*([pending_file(key)] if table is not None else []), *parts], known=True)
     f.output.prune(f"{STAGING_DIR}/{key}")
     return marker
 
@@ -166,11 +167,11 @@ def duplicate_ids(table: pa.Table) -> int:
     return int(ids.length() - ids.null_count - pc.count_distinct(ids, mode="only_valid").as_py())
 
 
-def _rows_once(output: OutputDir, key: str, rows_read: int) -> pa.Table | None:
-    """Every row of the shard's parts, each input row from one part only (None for an empty shard)."""
+def _rows_once(output: OutputDir, key: str, parts: list[str], rows_read: int) -> pa.Table | None:
+    """Every row of the shard's `parts`, each input row from one part only (None for an empty shard)."""
     seen = np.zeros(rows_read, dtype=bool)
     kept = []
-    for rel in output.list(f"{STAGING_DIR}/{key}", ".parquet"):
+    for rel in parts:
         part = output.read_table(rel)
         rows = part.column(C.ROW).to_numpy()
         if rows.size and rows.max() >= rows_read:

@@ -15,7 +15,7 @@ import pytest
 from pipeline import progress
 from pipeline.meter import STAGES, StageMeter
 from pipeline import sources
-from pipeline.progress import Display, RowTotal, Snapshot, render
+from pipeline.progress import Display, ReadTotal, RowTotal, Snapshot, render
 from pipeline.sources import Shard, ShardUnreadable, count_rows
 
 
@@ -64,6 +64,20 @@ def test_row_total_counts_in_the_background_and_skips_unreadable(tmp_path):
     stopped = RowTotal([_shard(good, "jsonl", index=i) for i in range(1000)])
     stopped.stop()  # between shards: the thread ends long before counting 1,000 shards
     assert not stopped._thread.is_alive() and stopped.unknown > 0
+
+
+def test_read_total_grows_as_the_readers_report_and_is_exact_once_every_shard_is_in():
+    """Object storage: the total costs no request, it is what the readers counted."""
+    from types import SimpleNamespace
+
+    completion = SimpleNamespace(rows_read={}, failed={})
+    total = ReadTotal(completion, shards=3)
+    assert (total.known, total.exact) == (0, False)
+    completion.rows_read.update({0: 5, 2: 7})
+    assert (total.known, total.exact) == (12, False)
+    completion.failed["b.jsonl"] = "b.jsonl: not JSON"  # the third shard could not be read
+    assert (total.known, total.exact) == (12, True)
+    assert "12/12 rows" in render(Snapshot(rows_done=12), total, 3.0)
 
 
 class _Total:
