@@ -46,6 +46,7 @@ class FaultyS3:
         self.reset_share = 0.0
         self.match: Callable[[str, str], bool] | None = None
         self.requests = 0
+        self.verbs: collections.Counter[str] = collections.Counter()  # LIST, HEAD, GET, PUT, DELETE, POST
         self.faults: collections.Counter[str] = collections.Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -93,6 +94,7 @@ class FaultyS3:
     def _fault_for(self, method: str, path: str) -> str | None:
         with self._lock:
             self.requests += 1
+            self.verbs[s3_verb(method, path)] += 1
             if self.match is not None and not self.match(method, path):
                 return None
             draw = self._rng.random()
@@ -101,6 +103,18 @@ class FaultyS3:
             if fault:
                 self.faults[fault] += 1
             return fault
+
+
+def s3_verb(method: str, path: str) -> str:
+    """The S3 operation a request is, by its verb: a GET of a bucket with list parameters is a LIST, a
+    POST with ?delete a (bulk) DELETE."""
+    bucket_only = urlsplit(path).path.strip("/").count("/") == 0
+    query = urlsplit(path).query
+    if method == "GET" and (bucket_only or "list-type" in query or "prefix=" in query):
+        return "LIST"
+    if method == "POST" and "delete" in query:
+        return "DELETE"
+    return method
 
 
 class _Server(http.server.ThreadingHTTPServer):
