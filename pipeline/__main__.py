@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _plan_parser(sub, prog: str) -> None:
     help_text = "size a cluster on paper: CPU cores and GPUs for N tokens in H hours, and the first limit"
-    s = sub.add_parser("plan", help=help_text, description=help_text + " (see README, Sizing a cluster)",
+    s = sub.add_parser("plan", help=help_text, description=help_text + " (see docs/sizing.md)",
                        epilog=EPILOG % {"prog": prog}, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("spec", help="job spec (YAML)")
     s.add_argument("--tokens", type=_amount, required=True, metavar="N",

@@ -1,7 +1,7 @@
 """The job spec: a YAML file validated into typed, complete pydantic models.
 
 Every field carries a description; it is the spec reference (`python -m pipeline spec-reference`
-prints it and the README copies it). Unknown keys are rejected with their dotted path.
+prints it and docs/spec.md is built from it). Unknown keys are rejected with their dotted path.
 """
 
 from __future__ import annotations
@@ -651,7 +651,7 @@ def _unknown_key(loc: tuple, dotted: str) -> str:
     if other:
         return f"{dotted}: unknown key here; did you mean {' or '.join(other)}?"
     where = f"{section} takes" if section else "the spec's sections are"
-    return f"{dotted}: unknown key; {where} {', '.join(fields)} (see the spec reference in README.md)"
+    return f"{dotted}: unknown key; {where} {', '.join(fields)} (see docs/spec.md, the spec reference)"
 
 
 def _missing(loc: tuple, dotted: str) -> str:

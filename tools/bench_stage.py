@@ -21,7 +21,7 @@ generated long-tailed corpus (tokenized before timing starts) it times, in one r
   - on CUDA with --dtype auto, the same in float32, to show what bf16/fp16 buys;
   - with --compile, sorted + prefetch with `torch.compile(model, dynamic=True)` (warm-up not timed).
 
-Unpadded (varlen) attention is not here: see the README's benchmark section for why.
+Unpadded (varlen) attention is not here: see docs/benchmarks.md for why.
 
 Per mode: real tokens/s (window tokens, special tokens included), the share of the device's peak
 that the useful FLOPs reach (2 x matmul parameters x real tokens, plus 4 x n^2 x attention width per

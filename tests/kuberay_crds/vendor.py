@@ -1,4 +1,4 @@
-"""Writes the KubeRay CRD schemas that tests/unit/test_kuberay_manifests.py validates the manifests in
+"""Writes the KubeRay CRD schemas that tests/unit/test_deploy.py validates the manifests in
 deploy/kuberay/ against (see README.md in this folder):
 
     python tests/kuberay_crds/vendor.py <kuberay>/ray-operator/config/crd/bases --commit <sha> --release <tag>
