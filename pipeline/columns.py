@@ -14,6 +14,9 @@ CONTEXT = "context"
 SHARD = "_shard"  # index of the input shard in the sorted shard list
 ROW = "_row"  # row index inside its shard (stable ids, error locations)
 ERROR = "_error"  # null for good rows; a reason a person understands otherwise
+# Set by a grouped read (pipeline.job.ReadShards): every row of the shard is in this block, and it
+# has this many; the writer then finalises the shard at once (pipeline.sinks.WriteParts).
+SHARD_ROWS = "_shard_rows"
 
 # Written by the tokenize stage: one entry per window of the document.
 INPUT_IDS = "_input_ids"  # list<list<int32>>, special tokens included, never padded

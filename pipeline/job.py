@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline import columns as C
@@ -203,7 +204,7 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     from ray.data import DataContext
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    spec, todo, output = placed.spec, job.plan.todo, job.output
+    spec, todo = placed.spec, job.plan.todo
     # Our own progress display and summary replace Ray Data's bars and execution-plan logs.
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -225,7 +226,7 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     reader = ShardReader(columns, spec.input.id_column, spec.storage, optional,
                          probe_id_type(job.shards, spec.input.id_column, spec.storage))
     read = ReadShards(reader, {s.index: s for s in todo}, pieces, job.limits, ledger, meter)
-    write = WritePartsMetered(WriteParts(output, {s.index: s.key for s in todo}), meter)
+    write = WritePartsMetered(WriteParts(_finalizing(job), {s.index: s for s in todo}), meter)
     cpu_nodes = spec.resources.cpu_stage_resources
     reading = Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy")
     stages = [*placed.stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)]
@@ -417,8 +418,10 @@ class ReadShards:
                 else:
                     reads.append((shard.index, rows, piece.part))
                     # A shard that failed part-way leaves none of its rows; an empty one, no table (its
-                    # ids' type is the fallback's, which need not be the job's).
-                    kept += [t for t in tables if t.num_rows]
+                    # ids' type is the fallback's, which need not be the job's). Each row says how many
+                    # the shard has: all of them travel together, and the writer finishes the shard.
+                    kept += [t.append_column(C.SHARD_ROWS, pa.array(np.full(t.num_rows, rows), pa.int64()))
+                             for t in tables if t.num_rows]
             if kept:
                 yield pa.concat_tables(kept, promote_options="default")
             ray.get(self.ledger.report.remote(reads, unreadable))

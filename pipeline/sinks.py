@@ -15,6 +15,7 @@ to `finalize_shard`, several shards to a task (`finalize_shards`) and a few task
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections import Counter
@@ -33,7 +34,8 @@ from pipeline.stats import empty_stats, shard_stats
 
 # Shards finalised by one task at most: small shards share a task (its start costs more than their files).
 FINALIZE_BATCH = 64
-# What the writer reports per shard and batch, for progress only (the markers are the record).
+# What the writer reports per shard and batch, for progress (the markers are the record), besides the
+# marker of a shard it finished itself.
 PROGRESS_COLUMNS = ("shard", "documents", "rows_errored", "tokens")
 
 
@@ -42,31 +44,56 @@ class ShardIncomplete(RuntimeError):
 
 
 class WriteParts:
-    """Writer stage: one part per shard in the batch; returns one row of counts per shard."""
+    """Writer stage: returns one row of counts per shard in the batch. A shard whose every row is in the
+    batch (a grouped read's: `_shard_rows`) is finished here and then, its final files and marker
+    written at once (`marker`: the marker's JSON); of any other shard, the batch's rows are written as
+    one part, which `finalize_shard` reads back once all its parts are in."""
 
     # What finalize_shard reads back from the parts besides the head's output columns.
     columns = C.StageColumns(reads=(C.ID, C.SHARD, C.ROW, C.ERROR, C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED,
                                     C.N_WINDOWS, C.DOCUMENTS))
 
-    def __init__(self, output: OutputDir, shard_keys: dict[int, str]):
-        self.output = output
-        self.shard_keys = shard_keys
+    def __init__(self, finalizing: Finalizing, shards: dict[int, Shard]):
+        self.finalizing = finalizing
+        self.shards = shards
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        output = self.finalizing.output
         shard_col = batch.column(C.SHARD).to_numpy()
         stats = {name: [] for name in PROGRESS_COLUMNS}
+        markers, finished = [], []
         for shard in np.unique(shard_col):
             part = batch.filter(pa.array(shard_col == shard)).drop_columns([C.SHARD])
             rows = np.unique(part.column(C.ROW).to_numpy())
-            # Named by the rows it holds: the same batch retried gives the same name.
-            digest = hashlib.sha1(rows.astype("<i8").tobytes()).hexdigest()[:12]
-            key = self.shard_keys[int(shard)]
-            self.output.write_table(f"{STAGING_DIR}/{key}/r{rows[0]:012d}-{digest}.parquet", part)
+            whole = _whole(part, rows)
+            if C.SHARD_ROWS in part.schema.names:
+                part = part.drop_columns([C.SHARD_ROWS])
+            marker = None
+            if whole:
+                marker = write_final(self.finalizing, self.shards[int(shard)], len(rows), part)
+                finished.append(marker)
+            else:
+                # Named by the rows it holds: the same batch retried gives the same name.
+                digest = hashlib.sha1(rows.astype("<i8").tobytes()).hexdigest()[:12]
+                key = self.shards[int(shard)].key
+                output.write_table(f"{STAGING_DIR}/{key}/r{rows[0]:012d}-{digest}.parquet", part)
             stats["shard"].append(int(shard))
             stats["documents"].append(int(pc.sum(part.column(C.DOCUMENTS)).as_py() or 0))
             stats["rows_errored"].append(int(pc.sum(pc.is_valid(part.column(C.ERROR))).as_py() or 0))
             stats["tokens"].append(int(pc.sum(part.column(C.N_TOKENS)).as_py() or 0))
-        return pa.table({k: pa.array(v, type=pa.int64()) for k, v in stats.items()})
+            markers.append(json.dumps(marker.to_json()) if marker else None)
+        # The finished shards' pending records, in one request: their markers are written.
+        output.remove([pending_file(m.key) for m in finished if m.files or m.error_files], known=True)
+        return pa.table({**{k: pa.array(v, type=pa.int64()) for k, v in stats.items()},
+                         "marker": pa.array(markers, pa.string())})
+
+
+def _whole(part: pa.Table, rows: np.ndarray) -> bool:
+    """Every row of the shard is in this part: a grouped read said how many it has, and they are here."""
+    if C.SHARD_ROWS not in part.schema.names or not part.num_rows:
+        return False
+    n = part.column(C.SHARD_ROWS)[0].as_py()
+    return n is not None and len(rows) == n and rows[0] == 0 and rows[-1] == n - 1
 
 
 @dataclass(frozen=True)
@@ -89,9 +116,21 @@ def finalize_shard(finalizing: Finalizing, shard: Shard, rows_read: int) -> Mark
     """Turn a shard's parts into its final files and marker; returns the marker. Raises
     ShardIncomplete when some of its `rows_read` rows are not in the parts."""
     f, key = finalizing, shard.key
-    file_metadata = {**f.file_metadata, "bert_batch.shard": shard.path}
     parts = f.output.list(f"{STAGING_DIR}/{key}", ".parquet")
     table = _rows_once(f.output, key, parts, rows_read)
+    marker = write_final(f, shard, rows_read, table)
+    f.output.remove([*([pending_file(key)] if marker.files or marker.error_files else []), *parts], known=True)
+    f.output.prune(f"{STAGING_DIR}/{key}")
+    return marker
+
+
+def write_final(finalizing: Finalizing, shard: Shard, rows_read: int, table: pa.Table | None) -> Marker:
+    """A shard's final files, in input order and deterministically named, then its marker, from `table`
+    (every row of the shard once; None for an empty shard); returns the marker. Its pending record
+    (written first, so a crash in the middle leaves files a rerun can name) is the caller's to remove.
+    Raises ShardIncomplete when the rows are not `rows_read`."""
+    f, key = finalizing, shard.key
+    file_metadata = {**f.file_metadata, "bert_batch.shard": shard.path}
     files: dict[str, pa.Table] = {}
     error_files: dict[str, pa.Table] = {}
     counts = dict.fromkeys((c for c in COUNTS if c != "rows"), 0)  # an empty shard's
@@ -136,8 +175,6 @@ def finalize_shard(finalizing: Finalizing, shard: Shard, rows_read: int) -> Mark
                     error_files=list(error_files), rows=rows_read, **counts, top_errors=top_errors, **stats,
                     spec=f.spec, run_id=f.run_id, limit=f.limits.get(key), finished_at=time.time())
     f.output.write_json(marker_file(key), marker.to_json())
-    f.output.remove([*([pending_file(key)] if table is not None else []), *parts], known=True)
-    f.output.prune(f"{STAGING_DIR}/{key}")
     return marker
 
 
@@ -225,12 +262,18 @@ class ShardCompletion:
         self.errored = self.tokens = 0
 
     def add(self, stats: pa.Table) -> None:
-        """One writer task's counts (PROGRESS_COLUMNS)."""
-        for shard, docs, errs, toks in zip(*(stats.column(c).to_pylist() for c in stats.column_names)):
+        """One writer task's counts (PROGRESS_COLUMNS), and the markers of the shards it finished."""
+        columns = [stats.column(c).to_pylist() for c in (*PROGRESS_COLUMNS, "marker")]
+        for shard, docs, errs, toks, marker in zip(*columns):
             self.arrived[shard] += docs
-            self.fresh.add(shard)
             self.errored += errs
             self.tokens += toks
+            if marker is None:
+                self.fresh.add(shard)
+                continue
+            key = self.by_index[shard].key
+            self.markers[key] = Marker.from_json(marker_file(key), key, json.loads(marker))
+            self.waiting.discard(shard)
 
     def step(self, final: bool) -> None:
         """Hand complete shards to finalisation; collect the finished ones. `final`: every part is

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline import columns as C
 from pipeline.errors import UserError
-from pipeline.storage import filesystem_for, protocol_of, storage_cause, strip_protocol, with_protocol
+from pipeline.storage import filesystem_for, storage_cause, strip_protocol, with_protocol
 
 READ_BATCH_ROWS = 4096
 READ_CHUNK_BYTES = 1 << 20
@@ -249,12 +249,8 @@ def _unreadable(shard: Shard, what: str, e: BaseException) -> ShardUnreadable:
 @contextmanager
 def _open(shard: Shard, storage, patient: bool = True):
     fs = filesystem_for(shard.path, storage, patient=patient)
-    size = shard.identity.get("size")
-    # The listing's size spares object storage a HEAD per shard; a file changed since has another
-    # identity, which its marker does not match, so the next run redoes it.
-    known = {"size": size} if protocol_of(shard.path) != "file" and isinstance(size, int) else {}
     try:
-        f = fs.open(strip_protocol(shard.path), "rb", compression=shard.compression, **known)
+        f = fs.open(strip_protocol(shard.path), "rb", compression=shard.compression)
     except Exception as e:  # noqa: BLE001 - permission, missing file, any S3 error
         raise _unreadable(shard, "cannot be opened", e) from e
     with f:

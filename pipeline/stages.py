@@ -90,7 +90,8 @@ class Tokenize:
 
 
 _INTERNAL_TYPES = {C.SHARD: pa.int32(), C.ROW: pa.int64(), C.ERROR: pa.string(), C.N_TOKENS: pa.int64(),
-                   C.PADDED_SLOTS: pa.int64(), C.TRUNCATED: pa.bool_(), C.N_WINDOWS: pa.int64(), C.DOCUMENTS: pa.int64()}
+                   C.PADDED_SLOTS: pa.int64(), C.TRUNCATED: pa.bool_(), C.N_WINDOWS: pa.int64(), C.DOCUMENTS: pa.int64(),
+                   C.SHARD_ROWS: pa.int64()}
 
 
 def _first_only(values: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -173,6 +174,8 @@ class Postprocess:
             C.N_WINDOWS: _first_only(n_windows.astype(np.int64)[document], first),
             C.DOCUMENTS: first.astype(np.int64),
         }
+        if C.SHARD_ROWS in batch.schema.names:  # a grouped read's: carried to the writer
+            internal[C.SHARD_ROWS] = column(batch, C.SHARD_ROWS).take(rows)
         for name, values in internal.items():
             t = _INTERNAL_TYPES[name]
             table = table.append_column(pa.field(name, t), values.cast(t) if isinstance(values, pa.Array) else pa.array(values, t))
