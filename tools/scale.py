@@ -2,6 +2,7 @@
 (BERT, 1 layer, hidden 32: tools.bench.build_null_model), so what grows is the job's own bookkeeping.
 
     python -m tools.scale [--docs 8000] [--shards 1,64,512,4096] [--s3] [--tree DIR] [--steady]
+    python -m tools.scale --soak --docs 1000000 --shards 1000
 
 For each shard count it runs `python -m pipeline run` on a spec with no `resources` (the job's local
 defaults) and then the same command again (the no-op rerun: every shard done), and prints:
@@ -18,6 +19,10 @@ defaults) and then the same command again (the no-op rerun: every shard done), a
 before/after table from one machine. `--steady` prints the data plane's steady-state rate instead: the
 marginal tokens/s between one shard of `--docs` and one of 4x as many documents (start-up cancels out),
 per core of this machine: the ceiling the CPU stages put on any accelerator (pipeline.plan uses it).
+`--soak` runs `--docs` documents in one count of `--shards`, killing the driver (SIGKILL) once half the
+shards have markers and running the same command again: it prints the driver's RSS after the first
+10% of shards and at the end of each run, the peak spilled bytes, and whether the rerun finished the
+rest (every row read once, `_SUCCESS`).
 
 The machine is shared and noisy: compare the figures of one run of the tool with each other.
 """
@@ -178,10 +183,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tree", type=Path, default=REPO_ROOT, help="the checkout whose pipeline runs")
     parser.add_argument("--steady", action="store_true", help="the data plane's steady-state rate per core")
+    parser.add_argument("--soak", action="store_true", help="one large run, killed half-way and resumed")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.shards.split(",")]
     if args.steady:
         print(steady_rate(args.docs, args.seed, args.tree))
+        return
+    if args.soak:
+        print(soak(args.docs, counts[0], args.seed, args.tree))
         return
 
     from tools.bench import build_null_model
@@ -248,6 +257,53 @@ def steady_rate(docs: int, seed: int, tree: Path) -> str:
     cores = os.cpu_count() or 1
     return (f"{n1:,} documents: {w1:.1f} s, {t1:,} tokens; {n2:,}: {w2:.1f} s, {t2:,} tokens\n"
             f"data plane, steady state: {rate:,.0f} tokens/s on {cores} cores = {rate / cores:,.0f} tokens/s per core")
+
+
+def soak(docs: int, shards: int, seed: int, tree: Path) -> str:
+    """A large run on a near-free model, killed once half its shards are done, then resumed."""
+    import signal
+
+    from tools.bench import build_null_model
+    from tools.corpus import documents
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        work = Path(tmp)
+        model = build_null_model(work / "model")
+        texts = documents(min(docs, 20_000), seed=seed, long_tail=False)
+        texts = [texts[i % len(texts)] for i in range(docs)]  # short documents, generated once, repeated
+        write_shards(texts, shards, work / "in")
+        spec = _spec(work, model, {"input": str(work / "in"), "output": str(work / "out")}, shards)
+        markers = work / "out" / "_shards"
+        lines = []
+        for attempt, kill_at in (("run (killed)", shards // 2), ("rerun", None)):
+            started = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec)], cwd=tree,
+                                    env={**env, "PYTHONPATH": str(tree)}, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+            rss_early = rss_last = 0.0
+            with PeakSampler(proc.pid) as sampler:
+                while proc.poll() is None:
+                    done = len(list(markers.glob("*.json"))) if markers.exists() else 0
+                    rss = _status_mib(proc.pid, "VmRSS")
+                    rss_last = rss or rss_last
+                    if not rss_early and done >= shards // 10:
+                        rss_early = rss
+                    if kill_at is not None and done >= kill_at:
+                        proc.send_signal(signal.SIGKILL)
+                        break
+                    time.sleep(1.0)
+                out = proc.communicate()[0]
+            summary = json.loads(out) if out.strip().startswith("{") else {}
+            lines.append(f"{attempt}: exit {proc.returncode}, {time.perf_counter() - started:,.0f} s, "
+                         f"{len(list(markers.glob('*.json')))} of {shards} shards done; driver RSS "
+                         f"{rss_early:,.0f} MiB after 10% of the shards, {rss_last:,.0f} MiB at the end "
+                         f"(x{rss_last / max(rss_early, 1):.2f}), peak {sampler.peaks['driver_mib']:,.0f} MiB; "
+                         f"spilled {sampler.peaks['spilled_mib']:,.0f} MiB")
+        lines.append(f"rerun: status {summary.get('status')}, rows read {summary.get('rows_read', 0):,} of {docs:,}, "
+                     f"shards resumed {summary.get('shards_resumed')}, run {summary.get('shards_run')}, "
+                     f"_SUCCESS {(work / 'out' / '_SUCCESS').exists()}")
+        return "\n".join(lines)
 
 
 def table(rows: list[dict], docs: int) -> str:
