@@ -93,6 +93,25 @@ def tiny_ner_dir(tmp_path_factory, minilm_dir) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory, minilm_dir):
+    """`demo_model(head)` -> a model folder made by `python -m tools.make_demo_model --head HEAD` (ner,
+    sentiment, fill-mask, qa: jobs/models/demo-<head>'s kind), once per head and session. A few training
+    steps only, so its predictions are poor; its architecture, config and tokenizer are the real ones."""
+    from tools.make_demo_model import main as make_demo_model
+
+    made: dict[str, str] = {}
+
+    def make(head: str) -> str:
+        if head not in made:
+            out = tmp_path_factory.mktemp(f"demo-{head}")
+            assert make_demo_model(["--head", head, "--out", str(out), "--steps", "3", "--eval-sentences", "20"]) == 0
+            made[head] = str(out)
+        return made[head]
+
+    return make
+
+
 # -- S3 ---------------------------------------------------------------------------------------------
 
 
