@@ -226,7 +226,8 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     reader = ShardReader(columns, spec.input.id_column, spec.storage, optional,
                          probe_id_type(job.shards, spec.input.id_column, spec.storage))
     read = ReadShards(reader, {s.index: s for s in todo}, pieces, job.limits, ledger, meter)
-    write = WritePartsMetered(WriteParts(_finalizing(job), {s.index: s for s in todo}), meter)
+    finalizing = _finalizing(job)
+    write = WritePartsMetered(WriteParts(finalizing, {s.index: s for s in todo}), meter)
     cpu_nodes = spec.resources.cpu_stage_resources
     reading = Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy")
     stages = [*placed.stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)]
@@ -247,7 +248,7 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
         branches.append(compose(ds, [reading], spec, meter))
     ds = compose(branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0], stages, spec, meter)
 
-    completion = ShardCompletion(todo, job.plan.done, _finalizing(job), ledger, ray.remote(num_cpus=0)(finalize_shards),
+    completion = ShardCompletion(todo, job.plan.done, finalizing, ledger, ray.remote(num_cpus=0)(finalize_shards),
                                  placed.finalize_in_flight)
     job.display.message(placed.pool_line)
     total = (RowTotal(todo, spec.storage, job.limits) if protocol_of(spec.input.path) == "file"

@@ -76,13 +76,14 @@ def start(spec, verbose: bool = False) -> Cluster:
     largest (on a laptop, before the checkpoint's size is known: one CPU per core in all)."""
     import ray
 
-    starts_local = not (ray.is_initialized() or cluster_address(spec))
-    laptop = is_laptop(spec)
+    address = None if ray.is_initialized() else cluster_address(spec)
+    starts_local = not (ray.is_initialized() or address)
+    laptop = starts_local and not spec_sizes_pools(spec)  # is_laptop, from the address found once
     if laptop and "model_actors" not in spec.resources.model_fields_set:
         cpus = READ_CPUS + (os.cpu_count() or 1)  # laptop_model_actors shares the cores out
     else:
         cpus = _cpus_needed(model_stages(size_pools(spec, laptop, starts_local), fused=laptop))
-    local = _init_ray(spec, cpus, verbose)
+    local = _init_ray(spec, cpus, verbose, address)
     return Cluster(laptop=laptop, local=local, started=starts_local)
 
 
@@ -218,8 +219,9 @@ def _ask_for_gpus(res, local: bool) -> None:
     request_resources(bundles=[bundle] * first)
 
 
-def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
-    """Attach to the cluster this process runs in, or start a local Ray. True when local.
+def _init_ray(spec, cpus_needed: float, verbose: bool, address: str | None) -> bool:
+    """Attach to the cluster at `address` (cluster_address's, None for none) or the one this process
+    already runs in, or start a local Ray. True when local.
     Quiet unless `verbose`: workers' own output stays in Ray's logs (/tmp/ray/session_latest/logs), and
     Ray Data's start-up notices are off; the job's errors carry their causes anyway. JobFailed (one
     sentence: what failed, what to try) when Ray does not start or its cluster cannot be reached."""
@@ -238,7 +240,6 @@ def _init_ray(spec, cpus_needed: float, verbose: bool = False) -> bool:
             return f"{e.strerror}: {e.filename}"[:200] if e.filename else e.strerror
         return (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")[:200]
 
-    address = cluster_address(spec)
     if address:
         source = ("resources.ray_address" if spec.resources.ray_address else
                   "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the address `ray start` left in /tmp/ray")

@@ -1,7 +1,8 @@
 """Every shipped job spec (jobs/*.yaml, globbed: a new spec is covered without touching this file) runs
 offline, end to end, through the real CLI on files in the repository: `python -m pipeline run SPEC
---limit 5`, each in its own local Ray as on a laptop, and writes the columns its head promises for the
-first 5 input rows.
+--limit 5`, joined to the tests' local Ray (a Ray start each would double the file's time; the laptop
+mode itself is tests/integration/test_laptop_run.py's), and writes the columns its head promises for
+the first 5 input rows.
 
 What each run changes in its spec, with --set (nothing else):
 - output.path: a temporary folder (never out/ in the checkout);
@@ -12,8 +13,7 @@ What each run changes in its spec, with --set (nothing else):
   must name the folder the tool makes for its head by default;
 - input.path, only where the spec reads S3 or a path that needs --set (ner_extraction.yaml,
   nightly_tagging.yaml): the sample file in jobs/data/ of the same format;
-- resources, only for specs sized for a cluster (a ray_address, GPUs or pool sizes: ner_extraction.yaml,
-  nightly_tagging.yaml): no cluster address, no GPU, one small actor per pool, to fit a 2-core machine.
+- resources: the tests' Ray (RAY_ADDRESS), no GPU, one small actor per pool, to fit its 2 CPUs.
 """
 
 from __future__ import annotations
@@ -77,16 +77,6 @@ def _model_path(spec, demo_model, minilm_dir) -> str:
             f"{spec.model.path}: not where `python -m tools.make_demo_model --head {head}` saves the model "
             f"({default_out(head).relative_to(REPO_ROOT)})")
     return demo_model(head)
-
-
-def _resource_overrides(spec) -> list[str]:
-    from pipeline.placement import spec_sizes_pools
-
-    res = spec.resources
-    if not (res.ray_address or res.gpus_per_actor or spec_sizes_pools(spec) or res.model_resources
-            or res.cpu_stage_resources):
-        return []  # a laptop spec: the job sizes itself
-    return [f"resources.{key}={value}" for key, value in SMALL_LOCAL.items()]
 
 
 def expected_columns(spec, model_dir: str) -> list[str]:
@@ -153,13 +143,14 @@ def _check_values(spec, rows: list[dict], inputs: dict) -> None:
 
 
 @pytest.mark.parametrize("spec_path", JOB_SPECS, ids=lambda p: p.name)
-def test_job_spec_runs_offline(spec_path, tmp_path, demo_model, minilm_dir):
+def test_job_spec_runs_offline(spec_path, tmp_path, demo_model, minilm_dir, ray_session):
     from pipeline.spec import load_spec
 
     spec = load_spec(spec_path)
     out = tmp_path / "out"
     model_dir = _model_path(spec, demo_model, minilm_dir)
-    overrides = [f"output.path={out}", f"model.path={model_dir}", *_resource_overrides(spec)]
+    overrides = [f"output.path={out}", f"model.path={model_dir}",
+                 *(f"resources.{key}={value}" for key, value in SMALL_LOCAL.items())]
     local_input = _input_override(spec)
     if local_input is not None:
         overrides.append(f"input.path={local_input}")
@@ -168,7 +159,7 @@ def test_job_spec_runs_offline(spec_path, tmp_path, demo_model, minilm_dir):
     args = [sys.executable, "-m", "pipeline", "run", str(spec_path.relative_to(REPO_ROOT)), "--limit", str(LIMIT)]
     for item in overrides:
         args += ["--set", item]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as on a laptop
+    env = {**os.environ, "RAY_ADDRESS": ray_session}
     proc = subprocess.run(args, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(args)}\n{proc.stderr[-4000:]}"
 

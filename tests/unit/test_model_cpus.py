@@ -96,7 +96,7 @@ def test_a_laptop_run_fuses_the_stages_unless_the_spec_sizes_them(no_cluster, mo
 
 def test_start_gives_a_laptop_ray_a_cpu_per_core_and_a_sized_one_its_pools(no_cluster, monkeypatch):
     started_with = []
-    monkeypatch.setattr(placement, "_init_ray", lambda spec, cpus, verbose: started_with.append(cpus) or True)
+    monkeypatch.setattr(placement, "_init_ray", lambda spec, cpus, verbose, address: started_with.append(cpus) or True)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     assert placement.start(_spec()) == placement.Cluster(laptop=True, local=True, started=True)
     assert placement.start(_spec(model_actors=2)).laptop
