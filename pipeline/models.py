@@ -202,8 +202,11 @@ def _relative_note(local: Path) -> str:
 def _missing_folder_hint(path: str, local: Path) -> str:
     """What to do about a folder that is not there: a close name beside it, or what its nearest
     existing parent holds."""
-    if local.name == "demo-ner" and local.parent.name == "models":
-        return "make the demo model with `python -m tools.make_demo_model` (2-3 minutes on CPU), or fix the path"
+    demo = {"demo-ner": "", "demo-sentiment": " --head sentiment", "demo-fill-mask": " --head fill-mask",
+            "demo-qa": " --head qa"}
+    if local.name in demo and local.parent.name == "models":
+        return (f"make the demo model with `python -m tools.make_demo_model{demo[local.name]}` (seconds to minutes "
+                "on CPU), or fix the path")
     parent = local.parent
     while not parent.is_dir() and parent != parent.parent:
         parent = parent.parent

@@ -206,7 +206,9 @@ def test_a_missing_relative_path_says_from_where(workdir):
                                                    "jobs/models/demo-ner?")
     shutil.rmtree(workdir / "jobs" / "models" / "demo-ner")
     assert model_error("jobs/models/demo-ner").endswith("; make the demo model with `python -m tools.make_demo_model` "
-                                                        "(2-3 minutes on CPU), or fix the path")
+                                                        "(seconds to minutes on CPU), or fix the path")
+    assert model_error("jobs/models/demo-qa").endswith("; make the demo model with `python -m tools.make_demo_model "
+                                                       "--head qa` (seconds to minutes on CPU), or fix the path")
 
 
 def test_a_name_that_no_hub_could_serve_is_a_missing_folder(workdir):
