@@ -232,21 +232,7 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     reading = Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy")
     stages = [*placed.stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)]
     check_chain([reading, *stages])
-    # One loop over the stage descriptions: read -> the head's stages (as pipeline.apply) -> write.
-    # A shard would leave its reader as one block (Ray Data's 128 MiB output buffer) and go from stage to
-    # stage whole; cut into blocks of a batch, it streams (the model starts on the first batch; the
-    # display and the markers move during a one-file run). The cut runs in the read tasks.
-    branches = []
-    if streamed or not grouped:  # (no piece at all: one empty task, so the flow is the same)
-        ds = ray.data.from_items([{"tasks": t} for t in streamed or [[]]], override_num_blocks=max(1, len(streamed)))
-        branches.append(in_blocks_of(compose(ds, [reading], spec, meter), spec.batching.rows_per_batch, READ_CPUS,
-                                     cpu_nodes))
-    if grouped:
-        # A group of small shards leaves its read task as one block of whole shards: a cut could split a
-        # shard between two batches, differently in a resumed run (see pipeline.batching.plan_by_segment).
-        ds = ray.data.from_items([{"tasks": t} for t in grouped], override_num_blocks=len(grouped))
-        branches.append(compose(ds, [reading], spec, meter))
-    ds = compose(branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0], stages, spec, meter)
+    ds = _dataset(spec, (streamed, grouped), reading, stages, meter)
 
     completion = ShardCompletion(todo, job.plan.done, finalizing, ledger, ray.remote(num_cpus=0)(finalize_shards),
                                  placed.finalize_in_flight)
@@ -271,6 +257,28 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     finally:
         job.display.stop()
     return completion, {**ray.get(meter.snapshot.remote()), "model_pool": placed.model_pool}, stopped
+
+
+def _dataset(spec, tasks: tuple[list, list], reading: Stage, stages: list[Stage], meter):
+    """One loop over the stage descriptions: read -> the head's stages (as pipeline.apply) -> write, over
+    the read tasks (streamed, grouped) of pipeline.sources.group_pieces."""
+    import ray
+
+    streamed, grouped = tasks
+    branches = []
+    if streamed or not grouped:  # (no piece at all: one empty task, so the flow is the same)
+        ds = ray.data.from_items([{"tasks": t} for t in streamed or [[]]], override_num_blocks=max(1, len(streamed)))
+        # A shard would leave its reader as one block (Ray Data's 128 MiB output buffer) and go from stage
+        # to stage whole; cut into blocks of a batch, it streams (the model starts on the first batch; the
+        # display and the markers move during a one-file run). The cut runs in the read tasks.
+        branches.append(in_blocks_of(compose(ds, [reading], spec, meter), spec.batching.rows_per_batch, READ_CPUS,
+                                     spec.resources.cpu_stage_resources))
+    if grouped:
+        # A group of small shards leaves its read task as one block of whole shards, which the writer
+        # finishes at once; a cut would split them between batches.
+        ds = ray.data.from_items([{"tasks": t} for t in grouped], override_num_blocks=len(grouped))
+        branches.append(compose(ds, [reading], spec, meter))
+    return compose(branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0], stages, spec, meter)
 
 
 def _stream(job: Run, ds, completion: ShardCompletion) -> None:
