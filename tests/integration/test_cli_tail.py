@@ -128,6 +128,7 @@ def test_ray_stops_before_the_error_line_is_printed(tmp_path, monkeypatch, capfd
     on sys.stderr) comes before the error line."""
     import pipeline.__main__ as cli
     import pipeline.job as job
+    from pipeline import raycompat
     from pipeline.errors import JobFailed
 
     def failing_run(spec, **kwargs):
@@ -142,7 +143,7 @@ def test_ray_stops_before_the_error_line_is_printed(tmp_path, monkeypatch, capfd
 
     monkeypatch.setattr(job, "run", failing_run)
     monkeypatch.setattr(cli, "_ray_up", lambda: next(ray_started, True))
-    monkeypatch.setattr(cli, "_stop_ray", stop_ray)
+    monkeypatch.setattr(raycompat, "shutdown", stop_ray)
     spec = write_spec(tmp_path / "spec.yaml", {"input": {"path": str(tmp_path / "in")},
                                                "model": {"path": "m", "head": "embedding"},
                                                "output": {"path": str(tmp_path / "out")}})
