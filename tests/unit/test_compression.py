@@ -42,7 +42,7 @@ def test_result_and_error_files_are_written_with_output_compression(tmp_path, ti
     rows = [{"id": 1, "text": "Alice works at Acme."}, {"id": 2, "text": None}, {"id": 3, "text": "Bob."}]
     table = runner.postprocess(runner.predict(runner.tokenize(runner.prepare(rows))))
     out = OutputDir(str(tmp_path))
-    WriteParts(out, {0: "docs"})(table)
+    WriteParts(Finalizing(out, 1000), {0: Shard(0, "docs.jsonl", "jsonl", key="docs")})(table)
     assert all(_codecs(tmp_path / p) == {"SNAPPY"} for p in out.list(f"{STAGING_DIR}/docs", ".parquet"))
     kwargs = {"compression": spec.output.compression} if compression else {}
     marker = finalize_shard(Finalizing(out, 1000, file_metadata={"k": "v"}, **kwargs),

@@ -65,7 +65,8 @@ def summary(tmp_path_factory) -> dict:
          (None, 0, 0, 'line 5: invalid JSON (<b>"oops"</b>)'), ("positive", 16, 1, None)]
     b = [("positive", 17, 1, None), (None, 0, 0, "text is empty"), (None, 0, 0, "text is empty"),
          ("negative", 130, 2, None)]
-    write = WriteParts(out, {0: "a", 1: "b"})
+    write = WriteParts(Finalizing(out, 100), {0: Shard(0, "a.jsonl", "jsonl", key="a"),
+                                              1: Shard(1, "b.jsonl", "jsonl", key="b")})
     write(_postprocessed(0, a))
     write(_postprocessed(1, b))
     ma = finalize_shard(Finalizing(out, 100), Shard(0, "a.jsonl", "jsonl", key="a"), len(a))

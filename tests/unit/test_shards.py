@@ -50,11 +50,13 @@ def _finalize(out, key="a", rows=6, rows_per_file=4):
 
 def test_parts_become_final_files_in_input_order_each_row_once(tmp_path):
     out = OutputDir(str(tmp_path))
-    write = WriteParts(out, {0: "a", 1: "b"})
+    write = WriteParts(Finalizing(out, 4), {0: Shard(0, "a.jsonl", "jsonl", key="a"),
+                                            1: Shard(1, "b.jsonl", "jsonl", key="b")})
     # Batches arrive out of order; shard b's rows share a batch with a's; a retried batch (rows 2, 3)
     # comes back cut differently (rows 1-3), so rows 2 and 3 are in two parts.
     stats = write(pa.concat_tables([_batch(0, [4, 5], tokens_per_doc=2), _batch(1, [0])]))
-    assert stats.to_pydict() == {"shard": [0, 1], "documents": [2, 1], "rows_errored": [0, 0], "tokens": [10, 5]}
+    assert stats.to_pydict() == {"shard": [0, 1], "documents": [2, 1], "rows_errored": [0, 0], "tokens": [10, 5],
+                                 "marker": [None, None]}
     write(_batch(0, [2, 3], tokens_per_doc=2, error_rows=(3,)))
     write(_batch(0, [1, 2, 3], tokens_per_doc=2, error_rows=(3,)))
     write(_batch(0, [2, 3], tokens_per_doc=2, error_rows=(3,)))  # the same batch again: same part name
@@ -84,7 +86,7 @@ def test_parts_become_final_files_in_input_order_each_row_once(tmp_path):
 
 def test_a_part_with_rows_beyond_the_shard_is_refused(tmp_path):
     out = OutputDir(str(tmp_path))
-    WriteParts(out, {0: "a"})(_batch(0, [0, 1, 2]))
+    WriteParts(Finalizing(out, 4), {0: Shard(0, "a.jsonl", "jsonl", key="a")})(_batch(0, [0, 1, 2]))
     with pytest.raises(ShardIncomplete, match="holds row 2, but the shard has 2 rows"):
         _finalize(out, rows=2)
 
@@ -250,3 +252,33 @@ def test_a_marker_made_with_other_settings_refuses_naming_the_keys(tmp_path):
     with pytest.raises(FingerprintMismatch, match=r"head\.aggregation_strategy \('max' there, 'simple' now\).*--fresh"):
         _plan(out, [_shard(tmp_path, "a")])
     assert _plan(out, [_shard(tmp_path, "a")], fresh=True).todo
+
+
+def test_a_shard_whole_in_its_batch_is_finished_by_the_writer_and_a_partial_one_is_staged(tmp_path):
+    """A grouped read marks each row with its shard's row count (`_shard_rows`): a shard all of whose
+    rows are in the batch gets its final files and marker at once (no part), equal to what finalising
+    its parts gives; one short of a row is staged as a part, as any other."""
+    from pipeline.markers import Marker
+
+    def grouped(shard, rows, n):
+        batch = _batch(shard, rows, tokens_per_doc=2, error_rows=(3,))
+        return batch.append_column(C.SHARD_ROWS, pa.array([n] * batch.num_rows, pa.int64()))
+
+    out = OutputDir(str(tmp_path / "writer"))
+    shards = {0: Shard(0, "a.jsonl", "jsonl", key="a"), 1: Shard(1, "b.jsonl", "jsonl", key="b")}
+    stats = WriteParts(Finalizing(out, 4), shards)(pa.concat_tables([grouped(0, range(6), 6), grouped(1, [0, 1], 3)]))
+    a_json, b_json = stats.column("marker").to_pylist()
+    assert b_json is None and len(list((tmp_path / "writer" / "_staging" / "b").glob("*.parquet"))) == 1
+    marker = Marker.from_json("_shards/a.json", "a", json.loads(a_json))
+    assert json.loads((tmp_path / "writer" / "_shards" / "a.json").read_text()) == marker.to_json()
+    assert not (tmp_path / "writer" / "_staging" / "a").exists()
+    assert not (tmp_path / "writer" / "_shards" / "a.pending.json").exists()
+
+    staged = OutputDir(str(tmp_path / "staged"))  # the same rows through a part and finalize_shard
+    WriteParts(Finalizing(staged, 4), shards)(_batch(0, range(6), tokens_per_doc=2, error_rows=(3,)))
+    again = _finalize(staged)
+    skip = {"run_id", "finished_at"}
+    assert {k: v for k, v in marker.to_json().items() if k not in skip} == \
+        {k: v for k, v in again.to_json().items() if k not in skip}
+    for name in [*marker.files, *marker.error_files]:
+        assert pq.read_table(tmp_path / "writer" / name).equals(pq.read_table(tmp_path / "staged" / name))

@@ -104,7 +104,7 @@ def test_finalize_shard_puts_the_stats_in_the_marker_and_totals_merges_them(tmp_
              .append_column(C.ERROR, pa.array([None, None, "text is empty"], pa.string()))
              .append_column(C.PADDED_SLOTS, pa.array([0, 3, 0], pa.int64()))
              .append_column(C.TRUNCATED, pa.array([False, True, False])))
-    WriteParts(out, {0: "a"})(batch)
+    WriteParts(Finalizing(out, 10), {0: Shard(0, "a.jsonl", "jsonl", key="a")})(batch)
     marker = finalize_shard(Finalizing(out, 10), Shard(0, "a.jsonl", "jsonl", key="a"), n)
     assert marker.label_counts == {"PER": 2, "LOC": 1}  # the error row is not counted
     assert marker.document_tokens_histogram["<=16"] == 1 and marker.document_tokens_histogram["33-64"] == 1
