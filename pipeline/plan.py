@@ -42,6 +42,11 @@ DEFAULT_MODEL_RATE_CPU = 900
 # = 0.17 GFLOP per token; at 20% of an H100's or H200's 989 bf16 TFLOPS, about 1.1 M tokens/s. Pass a
 # short run of your own model on your GPUs with --from instead.
 DEFAULT_MODEL_RATE_GPU = 1_000_000
+# The data plane's steady state (read, tokenize, postprocess and write together, with a near-free model):
+# tokens/s per core, `python -m tools.scale --steady` on the 2-core development machine (47,532 tokens/s
+# on 2 cores, rounded down). The ceiling the CPU stages put on an accelerator: a GPU needs its rate /
+# this many cores beside it.
+DATA_PLANE_TOKENS_PER_CORE = 23_000
 DEFAULT_TOKENS_PER_DOCUMENT = 82  # the demo NER job's
 DEFAULT_DOCUMENTS_PER_SHARD = 100_000
 
@@ -222,6 +227,7 @@ def plan(spec, work: Workload, rates: Rates, *, config: dict | None = None,
         "rates_from": rates.origin, "tokens_per_document": round(per_doc, 1),
         "stages": stages, "cpu_cores": cores, "cpu_stage_cores": round(cpu_stage_cores, 2),
         "model_actors": model_actors, "model_actor_cpus": model_cpus, "gpus": gpus, "model_note": rates.model_note,
+        "cores_per_gpu": math.ceil(r["predict"] / DATA_PLANE_TOKENS_PER_CORE) if res.gpus_per_actor else None,
         "limits": limits, "first_limit": first["limit"], "pools_too_small": _pools_too_small(spec, stages),
         "meets_target": first["ceiling_tokens_per_second"] >= target,
         "granularity": granularity, "head": spec.model.head,
@@ -271,8 +277,9 @@ def _object_store(spec, stages: dict, rates: Rates, config: dict, target: float,
 
 def _s3(spec, rates: Rates, work: Workload) -> list[dict]:
     """Requests per shard on the output prefix: a PUT per part (a batch's rows of a shard) and per
-    final file, the pending record, the marker and one bulk DELETE; a HEAD and a GET per part and two
-    LISTs at finalisation (pipeline/sinks.py). On the input prefix, a GET per s3fs block."""
+    final file, the pending record, the marker and one bulk DELETE; a GET per part and one LIST at
+    finalisation (pipeline/sinks.py). A shard of one batch or less is finished by the writer: no part,
+    no LIST, no GET. On the input prefix, a HEAD and a GET per s3fs block, twice (the id probe)."""
     per_doc, target = rates.tokens_per_document, work.target
     docs = (work.tokens / per_doc / work.shards if work.shards
             else rates.documents_per_shard or DEFAULT_DOCUMENTS_PER_SHARD)
@@ -283,13 +290,15 @@ def _s3(spec, rates: Rates, work: Workload) -> list[dict]:
     limits = []
     what = f"{docs:,.0f} documents a shard: {parts} part(s), {files} file(s)"
     if _is_object_store(spec.output.path):
-        writes, reads = parts + files + 3, 2 * parts + 3
+        staged = parts if parts > 1 else 0  # one batch or less: finished by the writer
+        writes, reads = staged + files + 3, staged + (1 if staged else 0)
         limits.append(_request_limit("S3 writes, output prefix", writes, S3_WRITES_PER_SECOND, shards_per_second,
                                      target, what))
-        limits.append(_request_limit("S3 reads, output prefix", reads, S3_READS_PER_SECOND, shards_per_second,
-                                     target, what))
+        if reads:
+            limits.append(_request_limit("S3 reads, output prefix", reads, S3_READS_PER_SECOND, shards_per_second,
+                                         target, what))
     if _is_object_store(spec.input.path):
-        gets = 1 + math.ceil(docs * per_doc * TEXT_BYTES_PER_TOKEN / S3_READ_BLOCK_BYTES)
+        gets = 2 + 2 * math.ceil(docs * per_doc * TEXT_BYTES_PER_TOKEN / S3_READ_BLOCK_BYTES)
         limits.append(_request_limit("S3 reads, input prefix", gets, S3_READS_PER_SECOND, shards_per_second, target,
                                      f"{docs:,.0f} documents a shard"))
     return limits
@@ -314,7 +323,12 @@ def format_plan(p: dict) -> str:
     lines += ["", f"need: {p['cpu_cores']:,} CPU cores ({p['cpu_stage_cores']:,.2f} for read, tokenize, postprocess "
               f"and write, {p['model_actor_cpus']:,g} for the model actors, 1 for the driver), "
               f"{p['model_actors']:,} model actor(s), {p['gpus']:,g} GPU(s)"
-              + (f" ({p['model_note']})" if p.get("model_note") else ""), ""]
+              + (f" ({p['model_note']})" if p.get("model_note") else "")]
+    if p.get("cores_per_gpu"):
+        lines.append(f"each GPU ({p['stages']['predict']['tokens_per_second']:,.0f} tokens/s) needs {p['cores_per_gpu']:,} "
+                     f"CPU cores of data plane beside it ({DATA_PLANE_TOKENS_PER_CORE:,} tokens/s per core, "
+                     "tools/scale.py --steady)")
+    lines.append("")
     lines.append(f"{'limit':<26}{'ceiling tokens/s':>17}{'hours':>9}  detail")
     for lim in sorted(p["limits"], key=lambda lim: lim["ceiling_tokens_per_second"]):
         lines.append(f"{lim['limit']:<26}{lim['ceiling_tokens_per_second']:>17,.0f}{lim['hours']:>9,.2f}  "

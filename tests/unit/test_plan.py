@@ -82,10 +82,10 @@ def test_the_limits_ceilings():
     p = make_plan(job(), object_store_gib=1.0)
     assert ceiling(p, "driver") == 100 * 100 / 0.002  # a stats batch of 100 documents per 2 ms
     # 100 shards/s; a shard: 10 parts, 1 file -> 14 PUT-class requests (parts, file, pending record, marker,
-    # one bulk DELETE) and 23 GET-class (a HEAD and a GET per part, 2 LISTs, the pending record's HEAD).
+    # one bulk DELETE) and 11 GET-class (a GET per part, a LIST); its input: a HEAD and a GET, twice.
     assert ceiling(p, "S3 writes, output prefix") == pytest.approx(10e6 * 3500 / 1400, abs=0.1)
-    assert ceiling(p, "S3 reads, output prefix") == pytest.approx(10e6 * 5500 / 2300, abs=0.1)
-    assert ceiling(p, "S3 reads, input prefix") == pytest.approx(10e6 * 5500 / 200, abs=0.1)
+    assert ceiling(p, "S3 reads, output prefix") == pytest.approx(10e6 * 5500 / 1100, abs=0.1)
+    assert ceiling(p, "S3 reads, input prefix") == pytest.approx(10e6 * 5500 / 400, abs=0.1)
     assert ceiling(p, "GPUs") == 10 * 1e6
     assert ceiling(p, "shard finalisation") == 2 * 10e6  # two shards at once, at the writer's rate
     # In flight: 3 batches of 10,000 tokens per worker of each stage, at these bytes a token of its input:
@@ -101,10 +101,11 @@ def test_the_first_limit_moves_with_the_inputs():
     # Ten times larger batches: the driver and S3 have room; the GPUs are what to add.
     p = make_plan(job(rows_per_batch=1000))
     assert (p["first_limit"], p["meets_target"]) == ("GPUs", True)
-    # Files of 10 rows: 100 files a shard, 10,400 PUTs/s on one prefix.
+    # Files of 10 rows: 100 files a shard, 10,300 PUTs/s on one prefix (a shard of one batch: no part).
     p = make_plan(job(rows_per_batch=1000, rows_per_file=10))
     assert p["first_limit"] == "S3 writes, output prefix"
-    assert ceiling(p, "S3 writes, output prefix") == pytest.approx(10e6 * 3500 / 10_400, abs=0.1)
+    assert ceiling(p, "S3 writes, output prefix") == pytest.approx(10e6 * 3500 / 10_300, abs=0.1)
+    assert "S3 reads, output prefix" not in {lim["limit"] for lim in p["limits"]}  # the writer finished it
     # A small object store under batches ten times larger.
     p = make_plan(job(rows_per_batch=1000), object_store_gib=0.5)
     assert p["first_limit"] == "object store" and not p["meets_target"]
@@ -245,3 +246,14 @@ def test_a_cpu_runs_model_rate_does_not_size_gpus_and_the_lines_say_so():
     need = next(line for line in format_plan(p).splitlines() if line.startswith("need:"))
     assert "GPU(s) (the default GPU rate: the summary's model ran on CPU)" in need
     assert make_plan(spec)["model_note"] == ""  # a GPU run's own rate: no note
+
+
+def test_a_gpu_plan_says_how_many_cores_of_data_plane_each_gpu_needs():
+    from pipeline.plan import DATA_PLANE_TOKENS_PER_CORE
+
+    p = make_plan(job())  # a GPU spec; the summary's model rate: 1 M tokens/s
+    assert p["cores_per_gpu"] == -(-1_000_000 // DATA_PLANE_TOKENS_PER_CORE)
+    assert f"each GPU (1,000,000 tokens/s) needs {p['cores_per_gpu']:,} CPU cores of data plane" in format_plan(p)
+    cpu = spec_from_dict({"input": {"path": "data/"}, "model": {"path": "m", "head": "embedding"},
+                          "output": {"path": "out/x"}})
+    assert plan(cpu, Workload(TOKENS, HOURS), default_rates(cpu), config={})["cores_per_gpu"] is None
