@@ -268,7 +268,8 @@ def _dataset(spec, tasks: tuple[list, list], reading: Stage, stages: list[Stage]
     streamed, grouped = tasks
     branches = []
     if streamed or not grouped:  # (no piece at all: one empty task, so the flow is the same)
-        ds = ray.data.from_items([{"tasks": t} for t in streamed or [[]]], override_num_blocks=max(1, len(streamed)))
+        ds = ray.data.from_items([{"tasks": t, "whole": False} for t in streamed or [[]]],
+                                 override_num_blocks=max(1, len(streamed)))
         # A shard would leave its reader as one block (Ray Data's 128 MiB output buffer) and go from stage
         # to stage whole; cut into blocks of a batch, it streams (the model starts on the first batch; the
         # display and the markers move during a one-file run). The cut runs in the read tasks.
@@ -277,7 +278,7 @@ def _dataset(spec, tasks: tuple[list, list], reading: Stage, stages: list[Stage]
     if grouped:
         # A group of small shards leaves its read task as one block of whole shards, which the writer
         # finishes at once; a cut would split them between batches.
-        ds = ray.data.from_items([{"tasks": t} for t in grouped], override_num_blocks=len(grouped))
+        ds = ray.data.from_items([{"tasks": t, "whole": True} for t in grouped], override_num_blocks=len(grouped))
         branches.append(compose(ds, [reading], spec, meter))
     return compose(branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0], stages, spec, meter)
 
@@ -396,9 +397,9 @@ def _remove_if_empty(folders: list[str]) -> None:
 
 
 class ReadShards:
-    """The read stage (Ray tasks): each item is a read task's pieces (pipeline.sources.group_pieces). A
-    piece alone streams its shard's rows in tables as they are read; a group's shards are read whole
-    and leave as one table. Capped at a --limit run's rows; the rows of each piece (or why its shard
+    """The read stage (Ray tasks): each item is a read task's pieces (pipeline.sources.group_pieces) and
+    whether they are a group. A streamed piece's rows leave in tables as they are read; a group's shards
+    (one or more) are read whole and leave as one table. Capped at a --limit run's rows; the rows of each piece (or why its shard
     could not be read) reported to the ledger in one call per task."""
 
     columns = C.READ
@@ -410,7 +411,7 @@ class ReadShards:
     def __call__(self, batch: dict):
         import ray
 
-        for task in batch["tasks"]:
+        for task, whole in zip(batch["tasks"], batch["whole"]):
             reads, unreadable, kept = [], [], []
             for index in task:
                 piece = self.pieces[int(index)]
@@ -419,10 +420,10 @@ class ReadShards:
                 try:
                     for table in self._tables(shard, piece):
                         rows += table.num_rows
-                        if len(task) == 1:
-                            yield table
-                        else:
+                        if whole:
                             tables.append(table)
+                        else:
+                            yield table
                 except ShardUnreadable as e:
                     unreadable.append((shard.index, str(e)))
                 else:
