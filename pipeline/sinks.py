@@ -46,8 +46,9 @@ class ShardIncomplete(RuntimeError):
 class WriteParts:
     """Writer stage: returns one row of counts per shard in the batch. A shard whose every row is in the
     batch (a grouped read's: `_shard_rows`) is finished here and then, its final files and marker
-    written at once (`marker`: the marker's JSON); of any other shard, the batch's rows are written as
-    one part, which `finalize_shard` reads back once all its parts are in."""
+    written at once (`marker`: the marker's JSON; its pending record is left to ShardCompletion, which
+    removes those of a run in one request); of any other shard, the batch's rows are written as one
+    part, which `finalize_shard` reads back once all its parts are in."""
 
     # What finalize_shard reads back from the parts besides the head's output columns.
     columns = C.StageColumns(reads=(C.ID, C.SHARD, C.ROW, C.ERROR, C.N_TOKENS, C.PADDED_SLOTS, C.TRUNCATED,
@@ -61,7 +62,7 @@ class WriteParts:
         output = self.finalizing.output
         shard_col = batch.column(C.SHARD).to_numpy()
         stats = {name: [] for name in PROGRESS_COLUMNS}
-        markers, finished = [], []
+        markers = []
         for shard in np.unique(shard_col):
             part = batch.filter(pa.array(shard_col == shard)).drop_columns([C.SHARD])
             rows = np.unique(part.column(C.ROW).to_numpy())
@@ -71,7 +72,6 @@ class WriteParts:
             marker = None
             if whole:
                 marker = write_final(self.finalizing, self.shards[int(shard)], len(rows), part)
-                finished.append(marker)
             else:
                 # Named by the rows it holds: the same batch retried gives the same name.
                 digest = hashlib.sha1(rows.astype("<i8").tobytes()).hexdigest()[:12]
@@ -82,8 +82,6 @@ class WriteParts:
             stats["rows_errored"].append(int(pc.sum(pc.is_valid(part.column(C.ERROR))).as_py() or 0))
             stats["tokens"].append(int(pc.sum(part.column(C.N_TOKENS)).as_py() or 0))
             markers.append(json.dumps(marker.to_json()) if marker else None)
-        # The finished shards' pending records, in one request: their markers are written.
-        output.remove([pending_file(m.key) for m in finished if m.files or m.error_files], known=True)
         return pa.table({**{k: pa.array(v, type=pa.int64()) for k, v in stats.items()},
                          "marker": pa.array(markers, pa.string())})
 
@@ -260,6 +258,7 @@ class ShardCompletion:
         self.in_flight: dict = {}  # finalize task -> shard indices
         self.tried_at: dict[int, int] = {}  # shard index -> rows arrived when last handed to finalisation
         self.errored = self.tokens = 0
+        self.pending: list[str] = []  # pending records of shards the writer finished, removed together
 
     def add(self, stats: pa.Table) -> None:
         """One writer task's counts (PROGRESS_COLUMNS), and the markers of the shards it finished."""
@@ -274,6 +273,8 @@ class ShardCompletion:
             key = self.by_index[shard].key
             self.markers[key] = Marker.from_json(marker_file(key), key, json.loads(marker))
             self.waiting.discard(shard)
+            if self.markers[key].files or self.markers[key].error_files:
+                self.pending.append(pending_file(key))
 
     def step(self, final: bool) -> None:
         """Hand complete shards to finalisation; collect the finished ones. `final`: every part is
@@ -309,6 +310,10 @@ class ShardCompletion:
         for s in self.todo:  # a shard whose reader never reported (a bug of ours): not done
             if not self._settled(s.index):
                 self.failed[s.key] = f"{s.name}: the reader did not report its row count"
+        # Their markers are written: the records go, in one request a thousand (a run that dies first
+        # leaves them to the next one's plan, which removes a record that outlived its marker).
+        self.finalizing.output.remove(self.pending, known=True)
+        self.pending = []
 
     def drain(self) -> None:
         """Wait for the shards already being finalised, so their markers count for the rerun."""
