@@ -156,7 +156,6 @@ class OutputDir:
     @_storage_call("list")
     def list(self, rel_dir: str, suffix: str = "") -> list[str]:
         """Relative names of the files directly in rel_dir that end with suffix (sorted)."""
-        self.fs.invalidate_cache()  # s3fs caches listings; other processes write here
         try:
             found = self.fs.ls(self.full(rel_dir), detail=False)
         except FileNotFoundError:
@@ -170,7 +169,6 @@ class OutputDir:
         (locally, `.<name>.tmp-<hex>` beside the file it was to become) in the folders the job writes,
         and the parts under _staging/. Only names of the job's own making; for a run that holds the
         lease, before it stages anything."""
-        self.fs.invalidate_cache()
         found = []
         for folder, ours in _WRITTEN_IN.items():
             try:
@@ -196,7 +194,6 @@ class OutputDir:
 
     @_storage_call("list")
     def exists(self, rel: str) -> bool:
-        self.fs.invalidate_cache()
         return self.fs.exists(self.full(rel))
 
     @_storage_call("remove files from")

@@ -3,6 +3,7 @@ endpoint. Credentials come from the standard AWS environment variables and chain
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from urllib.parse import urlsplit
@@ -51,28 +52,45 @@ def normal_path(path: str) -> str:
 def filesystem_for(path: str, storage=None, patient: bool = True) -> fsspec.AbstractFileSystem:
     protocol = protocol_of(path)
     if protocol in ("s3", "s3a"):
-        client_kwargs = {}
-        if storage is not None and storage.endpoint_url:
-            client_kwargs["endpoint_url"] = storage.endpoint_url
-        if storage is not None and storage.region:
-            client_kwargs["region_name"] = storage.region
-        # skip_instance_cache: a fresh client per call site, so a changed endpoint is never reused stale.
-        config_kwargs = {  # a fresh dict each time: botocore normalises the retries entry in place
-            "retries": {"total_max_attempts": S3_ATTEMPTS_PER_REQUEST if patient else S3_ATTEMPTS_IMPATIENT,
-                        "mode": "standard"},
-            "connect_timeout": S3_CONNECT_TIMEOUT_S,
-            "read_timeout": S3_READ_TIMEOUT_S,
-        }
-        fs = fsspec.filesystem(
-            "s3", client_kwargs=client_kwargs, config_kwargs=config_kwargs, skip_instance_cache=True
-        )
-        # s3fs's `retries` counts attempts of a call, not retries: 0 would make none at all (and raise
-        # a TypeError instead of the error); 1 is one attempt, botocore's retries inside it.
-        fs.retries = S3_RETRIES_PER_CALL if patient else 1
-        return fs
+        endpoint = storage.endpoint_url if storage is not None else None
+        region = storage.region if storage is not None else None
+        credentials = tuple(os.environ.get(name) for name in _CREDENTIAL_ENV)
+        return _s3_filesystem(endpoint, region, patient, credentials, os.getpid())
     if protocol == "file":
         return fsspec.filesystem("file")
     return fsspec.filesystem(protocol)
+
+
+# What botocore reads when it makes a client: a client made under other credentials is another client.
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                   "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_filesystem(endpoint: str | None, region: str | None, patient: bool, credentials: tuple, pid: int):
+    """One S3 client per process for each endpoint, region, patience and set of credentials (and pid: a
+    forked child makes its own). Making a client costs about 0.14 s of CPU (botocore loads its endpoint
+    and service data), more than reading a small shard: a client per file opened made per-shard CPU the
+    bound of a run over many small S3 shards. Listings are never cached (`use_listings_cache=False`):
+    other processes write where the job lists, and a shared client must not answer from an old listing."""
+    client_kwargs = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if region:
+        client_kwargs["region_name"] = region
+    config_kwargs = {  # a fresh dict each time: botocore normalises the retries entry in place
+        "retries": {"total_max_attempts": S3_ATTEMPTS_PER_REQUEST if patient else S3_ATTEMPTS_IMPATIENT,
+                    "mode": "standard"},
+        "connect_timeout": S3_CONNECT_TIMEOUT_S,
+        "read_timeout": S3_READ_TIMEOUT_S,
+    }
+    # skip_instance_cache: this cache, keyed as above, decides which calls share a client.
+    fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, config_kwargs=config_kwargs,
+                           use_listings_cache=False, skip_instance_cache=True)
+    # s3fs's `retries` counts attempts of a call, not retries: 0 would make none at all (and raise
+    # a TypeError instead of the error); 1 is one attempt, botocore's retries inside it.
+    fs.retries = S3_RETRIES_PER_CALL if patient else 1
+    return fs
 
 
 _THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
