@@ -85,8 +85,10 @@ def _s3_filesystem(endpoint: str | None, region: str | None, patient: bool, cred
         "read_timeout": S3_READ_TIMEOUT_S,
     }
     # skip_instance_cache: this cache, keyed as above, decides which calls share a client.
+    # max_concurrency=1: s3fs fetches a whole file in concurrent ranges only after asking its size (a
+    # HEAD per file); the files the job fetches whole (markers, records, parts) take one GET each.
     fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, config_kwargs=config_kwargs,
-                           use_listings_cache=False, skip_instance_cache=True)
+                           use_listings_cache=False, max_concurrency=1, skip_instance_cache=True)
     # s3fs's `retries` counts attempts of a call, not retries: 0 would make none at all (and raise
     # a TypeError instead of the error); 1 is one attempt, botocore's retries inside it.
     fs.retries = S3_RETRIES_PER_CALL if patient else 1
