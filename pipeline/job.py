@@ -29,11 +29,13 @@ from pipeline.errors import JobFailed, UserError
 from pipeline.lease import Lease
 from pipeline.ledger import ReadLedger
 from pipeline.markers import (
-    Request, ResumePlan, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers,
+    Request, ResumePlan, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers, write_index,
 )
 from pipeline.meter import StageMeter
 from pipeline.models import weights_bytes
-from pipeline.output import STAGING_DIR, SUCCESS, SUMMARY, OutputDir, StorageFailed, root_cause, storage_failed
+from pipeline.output import (
+    STAGING_DIR, SUCCESS, SUMMARY, OutputDir, StorageFailed, marker_file, root_cause, storage_failed,
+)
 from pipeline.progress import Display, ReadTotal, RowTotal
 from pipeline.raycompat import in_blocks_of
 from pipeline.sinks import Finalizing, ShardCompletion, WriteParts, finalize_shards
@@ -75,6 +77,10 @@ class Run:
     started: float
     limit: int | None = None
     limits: dict[str, int] = field(default_factory=dict)  # shard key -> rows of a --limit run's cut shard
+    # The listed versions of the done shards' markers, and how many markers were read from their files
+    # (not from the index): pipeline.markers.write_index.
+    marker_versions: dict[str, str] = field(default_factory=dict)
+    markers_fetched: int = 0
 
     @property
     def nothing_to_do(self) -> bool:
@@ -145,7 +151,10 @@ def _planned(spec, checked, lease, display, started, asked: Asked) -> Run:
         "model_revision": checked.model["revision"], "head": spec.model.head,
         "granularity": spec.output.granularity, "input": spec.input.path, "output": spec.output.path,
     }
-    job = Run(spec, output, lease, shards, plan, fields, record, display, started, limit, limits)
+    versions = {marker_file(k): recorded.versions[marker_file(k)] for k in plan.done
+                if marker_file(k) in recorded.versions}
+    job = Run(spec, output, lease, shards, plan, fields, record, display, started, limit, limits, versions,
+              recorded.fetched)
     _clear(job, asked.fresh)
     return job
 
@@ -178,6 +187,8 @@ def _nothing_to_do(job: Run) -> dict:
     if (isinstance(kept, dict) and kept.get("status") == "complete" and kept.get("shards") == len(done)
             and kept.get("rows_read") == totals(done)["rows_read"]):
         # The files stay the last real run's; what this run did is said in what it prints.
+        if job.markers_fetched:
+            _index_markers(job, dict(job.plan.done))
         return {**kept, "shards_resumed": len(done), "shards_run": 0, "shards_retired": [],
                 "checked_at": round(time.time(), 3)}
     return _finished(job)
@@ -316,6 +327,8 @@ def _finished(job: Run, completion: ShardCompletion | None = None, measured: dic
     `stopped`: why the run itself stopped short, if it did."""
     markers = completion.markers if completion else dict(job.plan.done)
     failed = completion.failed if completion else {}
+    if completion is not None or job.markers_fetched:
+        _index_markers(job, markers)
     plan, output, shards = job.plan, job.output, job.shards
     t = totals([markers[s.key] for s in shards if s.key in markers])
     run_info = {**job.record, "shards": len(shards), "shards_resumed": len(plan.done),
@@ -344,6 +357,12 @@ def _finished(job: Run, completion: ShardCompletion | None = None, measured: dic
     write_complete(output, summary)
     job.display.message(f"done: results in {output.path}, report {output.path}/_REPORT.html")
     return summary
+
+
+def _index_markers(job: Run, markers: dict) -> None:
+    """The marker index for the next run (not by a --limit run, which leaves the output's records)."""
+    if job.limit is None:
+        write_index(job.output, markers, job.marker_versions)
 
 
 def _first_rows(shards, limit: int, storage) -> tuple[list, dict[str, int]]:

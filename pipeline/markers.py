@@ -10,6 +10,13 @@ Markers and pending records are read from storage, so they are input to check, n
 each must name its own shard, and every file it names must be one of that shard's result or error
 files inside output.path (`read_markers`). A marker that is not refuses the run, and nothing is
 removed.
+
+A run that reads markers ends by writing `_MARKERS.json`: every marker it knows with the version its
+file had in the listing (S3's ETag; locally size, mtime and inode). The next run uses an entry only
+for a marker whose listed version is the same, checked like the file itself, and reads the rest (new
+ones, changed ones, all of them when the index is missing or unreadable). So a rerun over many
+finished shards costs a listing and one GET instead of a GET per shard, and a marker changed since
+the index was written is read from its file.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from dataclasses import fields as dataclass_fields
 
 from pipeline.errors import UserError
 from pipeline.output import (
-    ERRORS_DIR, MARKERS_DIR, PROGRESS, REPORT, SUCCESS, SUMMARY, OutputDir, marker_file, pending_file,
+    ERRORS_DIR, MARKER_INDEX, MARKERS_DIR, PROGRESS, REPORT, SUCCESS, SUMMARY, OutputDir, StorageFailed,
+    marker_file, pending_file,
 )
 
 PENDING = ".pending.json"
@@ -62,6 +70,8 @@ class Recorded:
 
     markers: dict[str, Marker] = field(default_factory=dict)  # shard key -> marker
     pending: dict[str, list[str]] = field(default_factory=dict)  # shard key -> files it was about to write
+    versions: dict[str, str] = field(default_factory=dict)  # marker file -> its version in the listing
+    fetched: int = 0  # markers read from their own files, not from the index
 
 
 def _own_file(rel, key: str) -> bool:
@@ -147,11 +157,18 @@ def _check_names(where: str, key: str, names) -> None:
 
 
 def read_markers(output: OutputDir) -> Recorded:
-    """Every marker and pending record under _shards/, checked. Raises MarkerInvalid (naming the file,
-    and what to do) before anything is removed."""
-    rels = output.list(MARKERS_DIR, ".json")
+    """Every marker and pending record under _shards/, checked; a marker whose listed version the index
+    holds is taken from there. Raises MarkerInvalid (naming the file, and what to do) before anything
+    is removed."""
+    versions = output.versions(MARKERS_DIR, ".json")
     recorded = Recorded()
-    for rel, data in output.read_many(rels).items():
+    indexed = _indexed(output, versions)
+    for rel in versions:
+        if not rel.endswith(PENDING) and rel in indexed:
+            recorded.markers[rel[len(MARKERS_DIR) + 1 : -len(".json")]] = indexed[rel]
+            recorded.versions[rel] = versions[rel]
+    fetch = [rel for rel in versions if rel not in indexed]
+    for rel, data in output.read_many(fetch).items():
         pending = rel.endswith(PENDING)
         key = rel[len(MARKERS_DIR) + 1 : -len(PENDING if pending else ".json")]
         try:
@@ -168,10 +185,50 @@ def read_markers(output: OutputDir) -> Recorded:
                 recorded.pending[key] = obj["files"]
             else:
                 recorded.markers[key] = Marker.from_json(rel, key, obj)
+                recorded.versions[rel] = versions[rel]
+                recorded.fetched += 1
         except MarkerInvalid as e:
             raise MarkerInvalid(f"output.path: {e}; the job did not write it so - move it out of "
                                 f"{output.path}/{MARKERS_DIR}, or use another output.path") from None
     return recorded
+
+
+def _indexed(output: OutputDir, versions: dict[str, str]) -> dict[str, Marker]:
+    """The index's markers whose file is listed with the version the index holds, each checked as its
+    file would be. The index is a cache: when it is missing, unreadable or its entry does not check,
+    the marker's own file is read instead."""
+    try:
+        index = output.read_json(MARKER_INDEX)
+    except StorageFailed:  # not JSON
+        return {}
+    entries = index.get("markers") if isinstance(index, dict) else None
+    found = {}
+    for rel, entry in (entries if isinstance(entries, dict) else {}).items():
+        if not isinstance(entry, dict) or rel not in versions or entry.get("version") != versions[rel]:
+            continue
+        key = rel[len(MARKERS_DIR) + 1 : -len(".json")]
+        try:
+            if rel != marker_file(key) or not _KEY.fullmatch(key):
+                continue
+            found[rel] = Marker.from_json(rel, key, entry.get("marker"))
+        except MarkerInvalid:
+            continue
+    return found
+
+
+def write_index(output: OutputDir, markers: dict[str, Marker], versions: dict[str, str]) -> None:
+    """`_MARKERS.json` for the next run: the markers this run knows, each with the version its file is
+    listed with. `versions`: the versions of the markers this run read, as listed when it read them;
+    the markers it wrote are listed now."""
+    written = [key for key in markers if marker_file(key) not in versions]
+    listed = output.versions(MARKERS_DIR, ".json") if written else {}
+    entries = {}
+    for key, marker in markers.items():
+        rel = marker_file(key)
+        version = versions.get(rel, listed.get(rel))
+        if version is not None:
+            entries[rel] = {"version": version, "marker": marker.to_json()}
+    output.write_json(MARKER_INDEX, {"markers": entries})
 
 
 def keep_keys(shards: list, markers: dict[str, Marker]) -> list:

@@ -6,6 +6,7 @@ storage error (and a Ray worker's error, decoded) turned into one line.
       _errors/<shard>-00000.parquet    its error rows (id, error, shard, row)
       _shards/<shard>.json             marker: every row of <shard> is written or recorded as an error
       _shards/<shard>.pending.json     files a shard's finalisation is about to write (removed after)
+      _MARKERS.json                    the markers as a run last listed them (a cache: pipeline.markers)
       _staging/<shard>/r*.parquet      parts of a shard in flight, one per batch (removed once final)
       _LEASE.json                      the active run (id, host, pid, heartbeat)
       _PROGRESS.json                   a run that has not finished: what is done, what failed
@@ -38,6 +39,7 @@ PROGRESS = "_PROGRESS.json"
 SUMMARY = "_SUMMARY.json"
 REPORT = "_REPORT.html"
 SUCCESS = "_SUCCESS"
+MARKER_INDEX = "_MARKERS.json"
 
 
 # A temporary file of OutputDir.write_bytes (locally): `.<name>.tmp-<8 hex>` beside the file it becomes.
@@ -46,7 +48,7 @@ _TEMPORARY = re.compile(r"\.(?P<name>[^/]+)\.tmp-[0-9a-f]{8}")
 _PART = re.compile(r"r\d{12}-[0-9a-f]{12}\.parquet")
 # The names the job writes in each of its folders (a temporary file is removed only if it was to be one).
 _WRITTEN_IN = {
-    "": re.compile(r"_PROGRESS\.json|_SUMMARY\.json|_REPORT\.html|_SUCCESS|_LEASE\.json|.+-\d{5}\.parquet"),
+    "": re.compile(r"_PROGRESS\.json|_SUMMARY\.json|_MARKERS\.json|_REPORT\.html|_SUCCESS|_LEASE\.json|.+-\d{5}\.parquet"),
     ERRORS_DIR: re.compile(r".+-\d{5}\.parquet"),
     MARKERS_DIR: re.compile(r".+\.json"),
 }
@@ -153,15 +155,26 @@ class OutputDir:
         got = self.fs.cat([self.full(r) for r in rels], on_error="omit")
         return {self._rel(p): data for p, data in got.items()}
 
-    @_storage_call("list")
     def list(self, rel_dir: str, suffix: str = "") -> list[str]:
         """Relative names of the files directly in rel_dir that end with suffix (sorted)."""
+        return sorted(self.versions(rel_dir, suffix))
+
+    @_storage_call("list")
+    def versions(self, rel_dir: str, suffix: str = "") -> dict[str, str]:
+        """Relative name -> version of the files directly in rel_dir that end with suffix, as the listing
+        says: the ETag on object storage; locally size, mtime and inode (the job writes a file anew under
+        a temporary name and renames it, so each write is a new inode)."""
         try:
-            found = self.fs.ls(self.full(rel_dir), detail=False)
+            found = self.fs.ls(self.full(rel_dir), detail=True)
         except FileNotFoundError:
-            return []
-        names = sorted(self._rel(p) for p in found)
-        return [n for n in names if n.endswith(suffix) and not n.rsplit("/", 1)[-1].startswith(".")]
+            return {}
+        versions = {}
+        for info in found:
+            rel = self._rel(info["name"])
+            if info.get("type") == "file" and rel.endswith(suffix) and not rel.rsplit("/", 1)[-1].startswith("."):
+                etag = info.get("ETag") or info.get("etag")
+                versions[rel] = str(etag) if etag else f"{info.get('size')}:{info.get('mtime')}:{info.get('ino')}"
+        return versions
 
     @_storage_call("list")
     def leftovers(self) -> list[str]:

@@ -53,6 +53,8 @@ def test_a_rerun_with_nothing_to_do_starts_no_ray_and_keeps_the_report(tmp_path,
     assert first.stderr.strip().splitlines()[-1] == f"done: results in {out}, report {out}/_REPORT.html"
     kept = {name: ((out / name).stat().st_mtime_ns, (out / name).read_bytes()) for name in ("_SUMMARY.json",
                                                                                              "_REPORT.html")}
+    index = out / "_MARKERS.json"  # the markers as this run left them, for the next run
+    indexed = (index.stat().st_mtime_ns, index.read_bytes())
 
     again = _cli(_no_ray_can_start(tmp_path), "run", spec)
     assert again.returncode == 0, again.stderr
@@ -61,6 +63,19 @@ def test_a_rerun_with_nothing_to_do_starts_no_ray_and_keeps_the_report(tmp_path,
     assert summary == {**json.loads(first.stdout), "shards_resumed": 2, "shards_run": 0,
                        "checked_at": summary["checked_at"]}
     assert {name: ((out / name).stat().st_mtime_ns, (out / name).read_bytes()) for name in kept} == kept
+    # The first run indexed its markers; the no-op took them from there and left the index as it was.
+    assert set(json.loads(index.read_text())["markers"]) == {"_shards/s0.json", "_shards/s1.json"}
+    assert (index.stat().st_mtime_ns, index.read_bytes()) == indexed
+
+    # A marker changed since the index was written is read from its file, not taken from the index.
+    marker_path = out / "_shards" / "s0.json"
+    marker = json.loads(marker_path.read_text())
+    marker_path.write_text(json.dumps({**marker, "fingerprint": "0" * 16,
+                                       "spec": {**marker["spec"], "head.aggregation_strategy": "first"}}))
+    refused = _cli(_no_ray_can_start(tmp_path), "run", spec)
+    assert refused.returncode == 2, refused.stderr
+    assert "head.aggregation_strategy ('first' there, 'simple' now)" in refused.stderr
+    marker_path.write_text(json.dumps(marker))
 
     # --fresh says what it removed (the two shards' result files and markers, the summary, report, _SUCCESS).
     fresh = _cli({"RAY_ADDRESS": ray_session}, "run", spec, "--fresh")

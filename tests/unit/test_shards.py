@@ -13,6 +13,7 @@ import pytest
 from pipeline import columns as C
 from pipeline.markers import (
     FingerprintMismatch, MarkerInvalid, Request, VanishedShards, fingerprint, keep_keys, plan_resume, read_markers,
+    write_index,
 )
 from pipeline.output import OutputDir
 from pipeline.sinks import Finalizing, ShardIncomplete, WriteParts, finalize_shard
@@ -177,6 +178,71 @@ def test_a_hand_made_file_under_shards_is_refused(tmp_path, name, content, why):
     out.write_bytes(f"_shards/{name}", (content if isinstance(content, str) else json.dumps(content)).encode())
     with pytest.raises(MarkerInvalid, match=why):
         read_markers(out)
+
+
+def _indexed_output(tmp_path) -> tuple[OutputDir, dict]:
+    """Three markers and the index a run over them leaves."""
+    out = OutputDir(str(tmp_path / "out"))
+    for key in "abc":
+        _marker(out, key)
+    recorded = read_markers(out)
+    assert recorded.fetched == 3
+    write_index(out, recorded.markers, recorded.versions)
+    return out, recorded.markers
+
+
+def test_a_rerun_takes_unchanged_markers_from_the_index_and_reads_changed_ones_from_their_files(tmp_path):
+    out, markers = _indexed_output(tmp_path)
+    again = read_markers(out)
+    assert again.fetched == 0 and again.markers == markers  # one GET instead of one per marker
+
+    # b is written anew (another run redid it), c is gone, d is new: each is read or dropped as its file says.
+    b = json.loads((tmp_path / "out" / "_shards" / "b.json").read_text())
+    out.write_json("_shards/b.json", {**b, "rows": 7})
+    (tmp_path / "out" / "_shards" / "c.json").unlink()
+    _marker(out, "d")
+    later = read_markers(out)
+    assert later.fetched == 2 and sorted(later.markers) == ["a", "b", "d"]
+    assert later.markers["b"].rows == 7 and later.markers["a"] == markers["a"]
+
+
+def test_a_marker_written_this_run_is_indexed_with_its_new_version_not_the_one_read(tmp_path):
+    out, markers = _indexed_output(tmp_path)
+    recorded = read_markers(out)
+    out.write_json("_shards/a.json", {**markers["a"].to_json(), "rows": 5})  # a redone by this run
+    redone = {**markers, "a": read_markers(out).markers["a"]}
+    kept = {rel: v for rel, v in recorded.versions.items() if rel != "_shards/a.json"}  # job.py keeps done ones
+    write_index(out, redone, kept)
+    after = read_markers(out)
+    assert after.fetched == 0 and after.markers["a"].rows == 5
+
+
+@pytest.mark.parametrize("index", [
+    "{not json",
+    json.dumps([1, 2]),
+    json.dumps({"markers": "all done"}),
+    json.dumps({"markers": {"_shards/a.json": {"version": "1:2:3", "marker": {}}}}),  # a version never listed
+])
+def test_an_index_that_is_no_index_costs_a_read_per_marker_and_nothing_else(tmp_path, index):
+    out, markers = _indexed_output(tmp_path)
+    (tmp_path / "out" / "_MARKERS.json").write_text(index)
+    recorded = read_markers(out)
+    assert recorded.fetched == 3 and recorded.markers == markers
+
+
+def test_a_hostile_index_entry_is_checked_like_the_file_and_the_file_is_read_instead(tmp_path):
+    out, markers = _indexed_output(tmp_path)
+    (tmp_path / "victim.txt").write_text("keep")
+    index = json.loads((tmp_path / "out" / "_MARKERS.json").read_text())
+    entry = index["markers"]["_shards/a.json"]
+    entry["marker"] = {**entry["marker"], "files": ["../victim.txt"]}  # the listed version, another content
+    index["markers"]["_shards/zz.json"] = {"version": entry["version"], "marker": entry["marker"]}
+    (tmp_path / "out" / "_MARKERS.json").write_text(json.dumps(index))
+    recorded = read_markers(out)
+    assert recorded.fetched == 1 and recorded.markers == markers  # a from its file; zz is no listed marker
+    plan = plan_resume(out, [_shard(tmp_path, k, index=i) for i, k in enumerate("abc")], FIELDS, recorded,
+                       Request(fresh=True))
+    assert "../victim.txt" not in plan.remove and (tmp_path / "victim.txt").read_text() == "keep"
 
 
 def test_a_shard_keeps_its_key_when_a_file_with_its_stem_arrives(tmp_path):
