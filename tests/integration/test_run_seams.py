@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,39 @@ def test_exit_2_leaves_no_folder_behind_and_exit_1_prints_json(tmp_path, tiny_ne
     record = json.loads(failed.stdout)
     assert record["status"] == "incomplete" and "b.parquet" in record["reason"]
     assert (record["shards"], record["shards_done"], record["rows_read"]) == (2, 1, 1)
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _job_actor_processes() -> list[int]:
+    """Pids of the job's bookkeeping actors on the tests' Ray (Ray titles an actor's process
+    `ray::<Class>`; its parent is the raylet that this process started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            if title in (b"ray::ReadLedger", b"ray::StageMeter") and _parent(_parent(int(entry.name))) == os.getpid():
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_run_inside_a_long_lived_process_leaves_no_actor_behind(tmp_path, tiny_ner_dir, ray_session):
+    """A notebook or a service calls the job again and again in one process, on one Ray: each run's
+    ledger and meter go with it, instead of staying as long as Ray Data keeps the stages."""
+    from pipeline.job import run
+    from pipeline.spec import load_spec
+
+    src = tmp_path / "in"
+    write_jsonl(src / "s0.jsonl", [{"id": i, "text": f"Alice met Bob in Paris, day {i}."} for i in range(8)])
+    for n in range(2):
+        spec = load_spec(_spec(tmp_path, src, tmp_path / f"out{n}", tiny_ner_dir))
+        assert run(spec, progress=lambda m: None)["status"] == "complete"
+    deadline = time.time() + 20
+    while _job_actor_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert _job_actor_processes() == []
