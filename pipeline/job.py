@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from pipeline import columns as C
 from pipeline import placement, preflight
-from pipeline.compose import READ_CPUS, Stage, check_chain, column_sum, compose
+from pipeline.compose import READ_CPUS, WRITE_CPUS, Stage, check_chain, column_sum, compose
 from pipeline.errors import JobFailed, UserError
 from pipeline.lease import Lease
 from pipeline.ledger import ReadLedger
@@ -242,7 +242,7 @@ def _process(job: Run, placed: placement.Placement) -> tuple[ShardCompletion, di
     write = WritePartsMetered(WriteParts(finalizing, {s.index: s for s in todo}), meter)
     cpu_nodes = spec.resources.cpu_stage_resources
     reading = Stage("read", read, READ_CPUS, resources=cpu_nodes, batch_size=1, batch_format="numpy")
-    stages = [*placed.stages, Stage("write", write, READ_CPUS, resources=cpu_nodes)]
+    stages = [*placed.stages, Stage("write", write, WRITE_CPUS, resources=cpu_nodes)]
     check_chain([reading, *stages])
     ds = _dataset(spec, (streamed, grouped), reading, stages, meter)
 

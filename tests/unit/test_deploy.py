@@ -734,7 +734,7 @@ def cluster_yaml_specs():
 
 def stage_demands(spec) -> dict[str, dict]:
     """What one task or actor of each stage asks Ray for, as pipeline/compose.py and job.py ask."""
-    from pipeline.compose import POSTPROCESS_CPUS, READ_CPUS, TOKENIZE_CPUS
+    from pipeline.compose import POSTPROCESS_CPUS, READ_CPUS, TOKENIZE_CPUS, WRITE_CPUS
 
     res = spec.resources
     cpu_stage = res.cpu_stage_resources
@@ -743,7 +743,7 @@ def stage_demands(spec) -> dict[str, dict]:
         "read": {"CPU": READ_CPUS, **cpu_stage},
         "tokenize": {"CPU": TOKENIZE_CPUS, **cpu_stage},
         "postprocess": {"CPU": POSTPROCESS_CPUS, **cpu_stage},
-        "write": {"CPU": READ_CPUS, **cpu_stage},
+        "write": {"CPU": WRITE_CPUS, **cpu_stage},
     }
 
 
