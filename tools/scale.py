@@ -282,12 +282,14 @@ def soak(docs: int, shards: int, seed: int, tree: Path) -> str:
                                     env={**env, "PYTHONPATH": str(tree)}, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, text=True)
             rss_early = rss_last = 0.0
+            # "Early": once a tenth of the shards this run does are done (a rerun starts with half).
+            before = len(list(markers.glob("*.json"))) if markers.exists() else 0
             with PeakSampler(proc.pid) as sampler:
                 while proc.poll() is None:
                     done = len(list(markers.glob("*.json"))) if markers.exists() else 0
                     rss = _status_mib(proc.pid, "VmRSS")
                     rss_last = rss or rss_last
-                    if not rss_early and done >= shards // 10:
+                    if not rss_early and done - before >= max(1, (shards - before) // 10):
                         rss_early = rss
                     if kill_at is not None and done >= kill_at:
                         proc.send_signal(signal.SIGKILL)
@@ -297,7 +299,7 @@ def soak(docs: int, shards: int, seed: int, tree: Path) -> str:
             summary = json.loads(out) if out.strip().startswith("{") else {}
             lines.append(f"{attempt}: exit {proc.returncode}, {time.perf_counter() - started:,.0f} s, "
                          f"{len(list(markers.glob('*.json')))} of {shards} shards done; driver RSS "
-                         f"{rss_early:,.0f} MiB after 10% of the shards, {rss_last:,.0f} MiB at the end "
+                         f"{rss_early:,.0f} MiB after 10% of its shards, {rss_last:,.0f} MiB at the end "
                          f"(x{rss_last / max(rss_early, 1):.2f}), peak {sampler.peaks['driver_mib']:,.0f} MiB; "
                          f"spilled {sampler.peaks['spilled_mib']:,.0f} MiB")
         lines.append(f"rerun: status {summary.get('status')}, rows read {summary.get('rows_read', 0):,} of {docs:,}, "
