@@ -163,14 +163,13 @@ def read_markers(output: OutputDir) -> Recorded:
     versions = output.versions(MARKERS_DIR, ".json")
     recorded = Recorded()
     indexed = _indexed(output, versions)
-    for rel in versions:
-        if not rel.endswith(PENDING) and rel in indexed:
-            recorded.markers[rel[len(MARKERS_DIR) + 1 : -len(".json")]] = indexed[rel]
-            recorded.versions[rel] = versions[rel]
+    for rel, marker in indexed.items():
+        recorded.markers[marker.key] = marker
+        recorded.versions[rel] = versions[rel]
     fetch = [rel for rel in versions if rel not in indexed]
     for rel, data in output.read_many(fetch).items():
         pending = rel.endswith(PENDING)
-        key = rel[len(MARKERS_DIR) + 1 : -len(PENDING if pending else ".json")]
+        key = _key_of(rel)
         try:
             if not _KEY.fullmatch(key):
                 raise MarkerInvalid(f"{rel} (in output.path) is not named for a shard")
@@ -204,16 +203,19 @@ def _indexed(output: OutputDir, versions: dict[str, str]) -> dict[str, Marker]:
     entries = index.get("markers") if isinstance(index, dict) else None
     found = {}
     for rel, entry in (entries if isinstance(entries, dict) else {}).items():
-        if not isinstance(entry, dict) or rel not in versions or entry.get("version") != versions[rel]:
+        if (not isinstance(entry, dict) or rel.endswith(PENDING) or rel not in versions
+                or entry.get("version") != versions[rel] or not _KEY.fullmatch(_key_of(rel))):
             continue
-        key = rel[len(MARKERS_DIR) + 1 : -len(".json")]
         try:
-            if rel != marker_file(key) or not _KEY.fullmatch(key):
-                continue
-            found[rel] = Marker.from_json(rel, key, entry.get("marker"))
+            found[rel] = Marker.from_json(rel, _key_of(rel), entry.get("marker"))
         except MarkerInvalid:
             continue
     return found
+
+
+def _key_of(rel: str) -> str:
+    """The shard key a file listed under _shards/ is named for (a marker's or a pending record's)."""
+    return rel[len(MARKERS_DIR) + 1 : -len(PENDING if rel.endswith(PENDING) else ".json")]
 
 
 def write_index(output: OutputDir, markers: dict[str, Marker], versions: dict[str, str]) -> None:
