@@ -366,9 +366,15 @@ def _finished(job: Run, completion: ShardCompletion | None = None, measured: dic
 
 
 def _index_markers(job: Run, markers: dict) -> None:
-    """The marker index for the next run (not by a --limit run, which leaves the output's records)."""
+    """The marker index for the next run (not by a --limit run, which leaves the output's records).
+    Best effort, through the impatient client: it is a cache, and with the store down a run that
+    stops must say why at once, not after a minute of retries for it; the next run then reads the
+    markers themselves."""
     if job.limit is None:
-        write_index(job.output, markers, job.marker_versions)
+        try:
+            write_index(job.output.impatient(), markers, job.marker_versions)
+        except StorageFailed:
+            pass
 
 
 def _first_rows(shards, limit: int, storage) -> tuple[list, dict[str, int]]:
